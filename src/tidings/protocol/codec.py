@@ -51,10 +51,10 @@ class Codec(Generic[F]):
         self.max_frame_bytes = max_frame_bytes
         if self.binary:
             self._enc: msgspec.msgpack.Encoder | msgspec.json.Encoder = msgspec.msgpack.Encoder()
-            self._dec: Any = msgspec.msgpack.Decoder(incoming | list[incoming])  # type: ignore[operator]
+            self._dec: Any = msgspec.msgpack.Decoder(incoming | list[incoming])
         else:
             self._enc = msgspec.json.Encoder()
-            self._dec = msgspec.json.Decoder(incoming | list[incoming])  # type: ignore[operator]
+            self._dec = msgspec.json.Decoder(incoming | list[incoming])
 
     def decode(self, data: bytes | bytearray | memoryview) -> list[F]:
         """Decode one WebSocket message into its frames.
@@ -89,7 +89,7 @@ class Codec(Generic[F]):
         """Return the encoding of ``shared`` with ``sid`` added as its last field."""
         if self.binary:
             return bytes((shared[0] + 1,)) + shared[1:] + b"\xa3sid" + self._enc.encode(sid)
-        return b"%b,\"sid\":%d}" % (shared[:-1], sid)
+        return b'%b,"sid":%d}' % (shared[:-1], sid)
 
     def join(self, encoded: Sequence[bytes]) -> bytes:
         """Join already encoded frames into one WebSocket message.

@@ -32,7 +32,7 @@ Start = Literal["earliest", "latest"] | Position
 # --- client -> server ---------------------------------------------------------
 
 
-class Hello(msgspec.Struct, tag="hello", **_FRAME):  # type: ignore[call-arg]
+class Hello(msgspec.Struct, tag="hello", **_FRAME):
     """First frame of every connection; must arrive within the hello deadline."""
 
     token: str | None = None
@@ -43,7 +43,7 @@ class Hello(msgspec.Struct, tag="hello", **_FRAME):  # type: ignore[call-arg]
     resume: str | None = None
 
 
-class Sub(msgspec.Struct, tag="sub", **_FRAME):  # type: ignore[call-arg]
+class Sub(msgspec.Struct, tag="sub", **_FRAME):
     """Subscribe to a topic or pattern. With ``consumer`` it is durable."""
 
     topic: str
@@ -54,12 +54,12 @@ class Sub(msgspec.Struct, tag="sub", **_FRAME):  # type: ignore[call-arg]
     ack_wait_ms: int | None = None
 
 
-class Unsub(msgspec.Struct, tag="unsub", **_FRAME):  # type: ignore[call-arg]
+class Unsub(msgspec.Struct, tag="unsub", **_FRAME):
     sid: int
     rid: int | None = None
 
 
-class Pub(msgspec.Struct, tag="pub", **_FRAME):  # type: ignore[call-arg]
+class Pub(msgspec.Struct, tag="pub", **_FRAME):
     """Publish one message. Without ``rid`` no ``puback`` is sent (fire and forget)."""
 
     topic: str
@@ -71,7 +71,7 @@ class Pub(msgspec.Struct, tag="pub", **_FRAME):  # type: ignore[call-arg]
     headers: Headers = {}
 
 
-class Ack(msgspec.Struct, tag="ack", **_FRAME):  # type: ignore[call-arg]
+class Ack(msgspec.Struct, tag="ack", **_FRAME):
     """Acknowledge a delivered message of a durable subscription."""
 
     sid: int
@@ -79,7 +79,7 @@ class Ack(msgspec.Struct, tag="ack", **_FRAME):  # type: ignore[call-arg]
     offset: int
 
 
-class Nack(msgspec.Struct, tag="nack", **_FRAME):  # type: ignore[call-arg]
+class Nack(msgspec.Struct, tag="nack", **_FRAME):
     """Refuse a delivered message: redeliver it after ``delay_ms`` (with backoff)."""
 
     sid: int
@@ -88,7 +88,7 @@ class Nack(msgspec.Struct, tag="nack", **_FRAME):  # type: ignore[call-arg]
     delay_ms: int = 0
 
 
-class Chunk(msgspec.Struct, tag="chunk", **_FRAME):  # type: ignore[call-arg]
+class Chunk(msgspec.Struct, tag="chunk", **_FRAME):
     """One piece of a stream (e.g. LLM tokens); ``seq`` counts from 0."""
 
     stream: str
@@ -97,7 +97,7 @@ class Chunk(msgspec.Struct, tag="chunk", **_FRAME):  # type: ignore[call-arg]
     data: Any = None
 
 
-class Commit(msgspec.Struct, tag="commit", **_FRAME):  # type: ignore[call-arg]
+class Commit(msgspec.Struct, tag="commit", **_FRAME):
     """Finish a stream; the server publishes the assembled message."""
 
     stream: str
@@ -105,13 +105,13 @@ class Commit(msgspec.Struct, tag="commit", **_FRAME):  # type: ignore[call-arg]
     rid: int | None = None
 
 
-class Abort(msgspec.Struct, tag="abort", **_FRAME):  # type: ignore[call-arg]
+class Abort(msgspec.Struct, tag="abort", **_FRAME):
     stream: str
     topic: str
     reason: str = ""
 
 
-class PresenceUpdate(msgspec.Struct, tag="presence", **_FRAME):  # type: ignore[call-arg]
+class PresenceUpdate(msgspec.Struct, tag="presence", **_FRAME):
     """Client -> server: update this agent's status and capabilities."""
 
     status: str = ""
@@ -131,7 +131,7 @@ class Limits(msgspec.Struct, omit_defaults=True):
     max_topic_length: int
 
 
-class Welcome(msgspec.Struct, tag="welcome", **_FRAME):  # type: ignore[call-arg]
+class Welcome(msgspec.Struct, tag="welcome", **_FRAME):
     agent: str
     session: str
     server: str
@@ -140,19 +140,19 @@ class Welcome(msgspec.Struct, tag="welcome", **_FRAME):  # type: ignore[call-arg
     heartbeat_ms: int = 0
 
 
-class Subbed(msgspec.Struct, tag="subbed", **_FRAME):  # type: ignore[call-arg]
+class Subbed(msgspec.Struct, tag="subbed", **_FRAME):
     sid: int
     topic: str
     rid: int | None = None
     durable: bool = False
 
 
-class Unsubbed(msgspec.Struct, tag="unsubbed", **_FRAME):  # type: ignore[call-arg]
+class Unsubbed(msgspec.Struct, tag="unsubbed", **_FRAME):
     sid: int
     rid: int | None = None
 
 
-class Msg(msgspec.Struct, tag="msg", **_FRAME):  # type: ignore[call-arg]
+class Msg(msgspec.Struct, tag="msg", **_FRAME):
     """A delivered message. ``sid`` names the subscription it is delivered on.
 
     The server encodes a Msg once per codec without ``sid`` and splices the
@@ -173,14 +173,14 @@ class Msg(msgspec.Struct, tag="msg", **_FRAME):  # type: ignore[call-arg]
     sid: int | None = None
 
 
-class Puback(msgspec.Struct, tag="puback", **_FRAME):  # type: ignore[call-arg]
+class Puback(msgspec.Struct, tag="puback", **_FRAME):
     id: str
     rid: int | None = None
     offset: int | None = None
     duplicate: bool = False
 
 
-class Error(msgspec.Struct, tag="error", **_FRAME):  # type: ignore[call-arg]
+class Error(msgspec.Struct, tag="error", **_FRAME):
     code: str
     message: str
     rid: int | None = None
@@ -188,7 +188,7 @@ class Error(msgspec.Struct, tag="error", **_FRAME):  # type: ignore[call-arg]
     retry_after_ms: int | None = None
 
 
-class Gap(msgspec.Struct, tag="gap", **_FRAME):  # type: ignore[call-arg]
+class Gap(msgspec.Struct, tag="gap", **_FRAME):
     """Messages ``from``..``to`` (inclusive offsets) are gone or were missed."""
 
     sid: int
@@ -198,13 +198,13 @@ class Gap(msgspec.Struct, tag="gap", **_FRAME):  # type: ignore[call-arg]
     reason: str = ""
 
 
-class Dropped(msgspec.Struct, tag="dropped", **_FRAME):  # type: ignore[call-arg]
+class Dropped(msgspec.Struct, tag="dropped", **_FRAME):
     sid: int
     topic: str
     count: int
 
 
-class PresenceEvent(msgspec.Struct, tag="presence", **_FRAME):  # type: ignore[call-arg]
+class PresenceEvent(msgspec.Struct, tag="presence", **_FRAME):
     """Server -> client: an agent joined, left, or changed status."""
 
     agent: str

@@ -1,0 +1,236 @@
+"""One WebSocket connection: a picows listener that drives a ``ServerSession``.
+
+Each callback feeds the session, acts on the frames it yields, and marks the
+connection dirty; the gateway flushes every dirty connection once per
+event-loop turn, so all frames produced for a connection in one turn leave in
+one WebSocket message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+from tidings.auth import Grants
+from tidings.errors import FrameTooLarge, LimitExceeded, NotSupported, TidingsError
+from tidings.protocol import frames as f
+from tidings.protocol.session import CloseCode, ServerSession, State, error_frame
+from tidings.protocol.topics import is_durable, validate_pattern, validate_topic
+
+if TYPE_CHECKING:
+    from tidings.gateway.server import Gateway
+
+log = logging.getLogger("tidings.gateway")
+
+
+class Subscription:
+    """A live subscription of one connection to one pattern."""
+
+    __slots__ = ("conn", "pattern", "sid")
+
+    def __init__(self, conn: Connection, sid: int, pattern: str) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.pattern = pattern
+
+
+class Connection(WSListener):
+    def __init__(self, gateway: Gateway, subprotocol: str, peer: str) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.peer = peer
+        self.session = ServerSession(subprotocol, gateway.settings.max_frame_bytes)
+        self.binary = self.session.codec.binary
+        self.grants: Grants | None = None
+        self.session_id = uuid.uuid4().hex
+        self.subs: dict[int, Subscription] = {}
+        self.dirty = False
+        self.transport: WSTransport | None = None
+        self._next_sid = 1
+        self._fragments: list[bytes] | None = None
+        self._fragment_bytes = 0
+        self._timers: list[asyncio.TimerHandle] = []
+
+    @property
+    def agent(self) -> str:
+        return self.grants.agent if self.grants else ""
+
+    # -- picows callbacks ---------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.gateway.register(self)
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(self.gateway.settings.hello_timeout, self._hello_deadline))
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+            return
+        if kind not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            return  # ping/pong are answered by picows itself
+        if not frame.fin or kind is WSMsgType.CONTINUATION:
+            self._on_fragment(frame)
+        else:
+            self.session.receive_data(frame.get_payload_as_memoryview())
+        self._process()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self.gateway.unregister(self)
+        self.session.connection_lost()
+
+    # -- frames ---------------------------------------------------------------
+
+    def _on_fragment(self, frame: WSFrame) -> None:
+        """Reassemble a fragmented message, refusing it once it passes the limit."""
+        if frame.msg_type is not WSMsgType.CONTINUATION:
+            self._fragments, self._fragment_bytes = [], 0
+        if self._fragments is None:
+            return  # continuation without a start: nothing to attach it to
+        self._fragment_bytes += frame.payload_size
+        limit = self.gateway.settings.max_frame_bytes
+        if self._fragment_bytes > limit:
+            self._fragments = None
+            self.session.fail(
+                FrameTooLarge(f"fragmented message over the limit of {limit} bytes"),
+                CloseCode.MESSAGE_TOO_BIG,
+            )
+            return
+        self._fragments.append(frame.get_payload_as_bytes())
+        if frame.fin:
+            data, self._fragments = b"".join(self._fragments), None
+            self.session.receive_data(data)
+
+    def _process(self) -> None:
+        for frame in self.session.events_received():
+            rid = getattr(frame, "rid", None)
+            try:
+                self._dispatch(frame)
+            except TidingsError as exc:
+                if isinstance(frame, f.Hello):
+                    self.session.reject(exc, rid)
+                else:
+                    self.gateway.stats.rejected += 1
+                    self.session.send(error_frame(exc, rid))
+        self.gateway.mark_dirty(self)
+
+    def _dispatch(self, frame: f.ClientFrame) -> None:
+        if isinstance(frame, f.Pub):
+            self._on_pub(frame)
+        elif isinstance(frame, f.Sub):
+            self._on_sub(frame)
+        elif isinstance(frame, f.Unsub):
+            self._on_unsub(frame)
+        elif isinstance(frame, f.Hello):
+            self._on_hello(frame)
+        else:
+            raise NotSupported(f"'{frame.op}' is not supported by this server yet")  # type: ignore[union-attr]
+
+    def _on_hello(self, hello: f.Hello) -> None:
+        gw = self.gateway
+        if hello.token is None and gw.settings.allow_anonymous:
+            self.grants = gw.anonymous_grants()
+        else:
+            self.grants = gw.authority.verify(hello.token)
+        s = gw.settings
+        self.session.accept(
+            f.Welcome(
+                agent=self.grants.agent,
+                session=self.session_id,
+                server=gw.server_name,
+                limits=f.Limits(
+                    max_frame_bytes=s.max_frame_bytes,
+                    max_subscriptions=s.max_subscriptions,
+                    max_topic_length=s.max_topic_length,
+                ),
+                rid=hello.rid,
+                heartbeat_ms=int(gw.heartbeat_s * 1000),
+            )
+        )
+        if self.grants.expires_at is not None:
+            delay = max(0.0, self.grants.expires_at - time.time())
+            self._timers.append(asyncio.get_running_loop().call_later(delay, self._token_expired))
+
+    def _on_sub(self, sub: f.Sub) -> None:
+        assert self.grants is not None
+        settings = self.gateway.settings
+        pattern = validate_pattern(sub.topic, settings.max_topic_length)
+        self.grants.check_subscribe(pattern)
+        if len(self.subs) >= settings.max_subscriptions:
+            raise LimitExceeded(f"this connection already has {len(self.subs)} subscriptions (the limit)")
+        if sub.consumer is not None or sub.start is not None:
+            raise NotSupported("durable subscriptions (consumer, from) need the durable engine")
+        sid = self._next_sid
+        self._next_sid += 1
+        subscription = Subscription(self, sid, pattern)
+        self.subs[sid] = subscription
+        self.gateway.router.add(subscription)
+        self.session.send(f.Subbed(sid=sid, topic=pattern, rid=sub.rid))
+
+    def _on_unsub(self, unsub: f.Unsub) -> None:
+        subscription = self.subs.pop(unsub.sid, None)
+        if subscription is not None:
+            self.gateway.router.remove(subscription)
+        self.session.send(f.Unsubbed(sid=unsub.sid, rid=unsub.rid))
+
+    def _on_pub(self, pub: f.Pub) -> None:
+        assert self.grants is not None
+        topic = validate_topic(pub.topic, self.gateway.settings.max_topic_length)
+        self.grants.check_publish(topic)
+        if is_durable(topic):
+            raise NotSupported(f"{topic!r} is a durable topic; this server has no durable engine yet")
+        msg_id = pub.id or uuid.uuid4().hex
+        msg = f.Msg(
+            topic=topic,
+            id=msg_id,
+            sender=self.grants.agent,
+            ts=time.time_ns() // 1_000_000,
+            body=pub.body,
+            parent=pub.parent,
+            lamport=pub.lamport,
+            headers=pub.headers,
+        )
+        self.gateway.fanout(msg)
+        if pub.rid is not None:
+            self.session.send(f.Puback(id=msg_id, rid=pub.rid))
+
+    # -- timers and closing ---------------------------------------------------
+
+    def _hello_deadline(self) -> None:
+        self.session.hello_deadline_passed()
+        self.gateway.mark_dirty(self)
+
+    def _token_expired(self) -> None:
+        from tidings.errors import Unauthorized
+
+        self.session.fail(Unauthorized("token has expired"), CloseCode.POLICY_VIOLATION)
+        self.gateway.mark_dirty(self)
+
+    def flush(self) -> None:
+        """Send what the session has queued as one message; close if it asked to."""
+        self.dirty = False
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        data = self.session.data_to_send()
+        if data is not None:
+            transport.send(WSMsgType.BINARY if self.binary else WSMsgType.TEXT, data)
+            self.gateway.stats.messages_out += 1
+        if self.session.close_code is not None and self.session.state is State.CLOSING:
+            self.session.state = State.CLOSED
+            transport.send_close(WSCloseCode(self.session.close_code), self.session.close_reason.encode())
+            transport.disconnect()
+
+    def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        self.session.close(code, reason)
+        self.gateway.mark_dirty(self)

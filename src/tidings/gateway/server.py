@@ -1,0 +1,184 @@
+"""The gateway: the WebSocket server that holds the sockets and streams events.
+
+``Gateway`` owns what its connections share: settings, the token authority,
+the subscription router, the fanout, and the once-per-loop-turn flush. Start
+it with ``await gateway.start()``; stop it with ``await gateway.stop()``,
+which drains: it stops accepting, tells every client ``going away`` (1001),
+and waits up to ``drain_timeout`` for them to leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Sequence
+
+from picows import (
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+import tidings
+from tidings.auth import ANONYMOUS_GRANTS, Authority, Grants
+from tidings.config import Settings
+from tidings.gateway.connection import Connection, Subscription
+from tidings.gateway.router import Router
+from tidings.metrics import GatewayStats
+from tidings.protocol import frames as f
+from tidings.protocol.codec import JSON, SUBPROTOCOLS, negotiate
+from tidings.protocol.session import CloseCode
+
+log = logging.getLogger("tidings.gateway")
+
+HEALTH_PATHS = (b"/healthz", b"/health")
+
+
+class Gateway:
+    heartbeat_s = 20.0
+
+    def __init__(self, settings: Settings, authority: Authority) -> None:
+        self.settings = settings
+        self.authority = authority
+        self.router: Router[Subscription] = Router()
+        self.stats = GatewayStats()
+        self.server_name = f"tidings/{tidings.__version__}"
+        self.connections: set[Connection] = set()
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on ``settings.host``/``settings.port`` (port 0 picks a free one)."""
+        self._loop = asyncio.get_running_loop()
+        self._server = await ws_create_server(
+            self._route,
+            self.settings.host,
+            self.settings.port,
+            websocket_handshake_timeout=self.settings.hello_timeout,
+            enable_auto_ping=True,
+            auto_ping_idle_timeout=self.heartbeat_s,
+            auto_ping_reply_timeout=self.heartbeat_s,
+            max_frame_size=self.settings.max_frame_bytes,
+            read_buffer_init_size=1024,
+            disconnect_on_exception=True,
+            logger_name="tidings.picows",
+            reuse_address=True,
+        )
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        assert self._server is not None, "start() first"
+        sock: socket.socket = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.settings.host}:{self.port}/"
+
+    async def stop(self) -> None:
+        """Drain: refuse new sockets, close every connection with 1001, wait for them."""
+        if self._server is None:
+            return
+        self._server.close()
+        for conn in list(self.connections):
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        self._flush()
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.disconnect(graceful=False)
+        await self._server.wait_closed()
+        self._server = None
+
+    # -- connections --------------------------------------------------------
+
+    def _route(self, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener:
+        """picows asks this for every HTTP request on the port."""
+        path = request.path.split(b"?", 1)[0]
+        if path in HEALTH_PATHS and "upgrade" not in request.headers.get("Connection", "").lower():
+            ok = WSUpgradeResponse.create_ok_response(b"ok\n")
+            return WSUpgradeResponseWithListener(ok, None)
+        offered = _offered_subprotocols(request.headers.getall("Sec-WebSocket-Protocol", []))
+        chosen = negotiate(offered)
+        if chosen is None:
+            body = f"no supported subprotocol offered; use one of {', '.join(SUBPROTOCOLS)}\n"
+            bad = WSUpgradeResponse.create_error_response(400, body.encode())
+            return WSUpgradeResponseWithListener(bad, None)
+        # RFC 6455 4.2.2: echo a subprotocol only if the client offered some.
+        headers = {"Sec-WebSocket-Protocol": chosen} if offered else None
+        response = WSUpgradeResponse.create_101_response(extra_headers=headers)
+        peer = request.headers.get("X-Forwarded-For", "")
+        return WSUpgradeResponseWithListener(response, Connection(self, chosen or JSON, peer))
+
+    def register(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self.stats.connections_opened += 1
+
+    def unregister(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        for sub in conn.subs.values():
+            self.router.remove(sub)
+        conn.subs.clear()
+        self.stats.connections_closed += 1
+
+    def anonymous_grants(self) -> Grants:
+        return ANONYMOUS_GRANTS
+
+    # -- fanout and flushing ------------------------------------------------
+
+    def fanout(self, msg: f.Msg) -> int:
+        """Deliver ``msg`` to every matching live subscription; return how many.
+
+        The message is encoded at most once per codec, then the per-subscriber
+        ``sid`` is spliced into that shared encoding.
+        """
+        subs = self.router.match(msg.topic)
+        if not subs:
+            return 0
+        shared_json: bytes | None = None
+        shared_msgpack: bytes | None = None
+        for sub in subs:
+            conn = sub.conn
+            codec = conn.session.codec
+            if conn.binary:
+                if shared_msgpack is None:
+                    shared_msgpack = codec.encode_shared(msg)
+                conn.session.send_encoded(codec.stamp(shared_msgpack, sub.sid))
+            else:
+                if shared_json is None:
+                    shared_json = codec.encode_shared(msg)
+                conn.session.send_encoded(codec.stamp(shared_json, sub.sid))
+            self.mark_dirty(conn)
+        self.stats.delivered += len(subs)
+        self.stats.published += 1
+        return len(subs)
+
+    def mark_dirty(self, conn: Connection) -> None:
+        """Flush ``conn`` at the end of this event-loop turn (once, however many frames)."""
+        if conn.dirty:
+            return
+        conn.dirty = True
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+
+def _offered_subprotocols(values: Sequence[str]) -> list[str]:
+    return [p.strip() for v in values for p in v.split(",") if p.strip()]
