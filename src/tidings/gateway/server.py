@@ -10,6 +10,7 @@ and waits up to ``drain_timeout`` for them to leave.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ class Gateway:
         self._flush_scheduled = False
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drained = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -90,9 +92,10 @@ class Gateway:
         for conn in list(self.connections):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         self._flush()
-        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout
-        while self.connections and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        if self.connections:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self.settings.drain_timeout)
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.disconnect(graceful=False)
@@ -129,6 +132,8 @@ class Gateway:
             self.router.remove(sub)
         conn.subs.clear()
         self.stats.connections_closed += 1
+        if not self.connections:
+            self._drained.set()
 
     def anonymous_grants(self) -> Grants:
         return ANONYMOUS_GRANTS
