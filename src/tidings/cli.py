@@ -1,0 +1,185 @@
+"""The ``tidings`` command: serve, token, demo, pub, sub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tidings.auth import Authority
+from tidings.config import Settings, load_settings
+
+app = typer.Typer(
+    help="tidings: realtime messaging for multi-agent AI systems.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEV_TOKEN_TTL = 24 * 3600
+
+
+def _run(coro: Any) -> Any:
+    """Run ``coro`` on uvloop where it is available."""
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run(coro)
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")]
+DataDirOpt = Annotated[str | None, typer.Option(help="Where tidings keeps its data [./tidings-data].")]
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="WebSocket port [7700]; 0 picks a free one.")] = None,
+    data_dir: DataDirOpt = None,
+    allow_anonymous: Annotated[
+        bool | None, typer.Option("--allow-anonymous", help="Accept hellos without a token.")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the gateway until SIGTERM or Ctrl-C, then drain and exit."""
+    settings = _settings(config, host=host, port=port, data_dir=data_dir, allow_anonymous=allow_anonymous)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    _run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    from tidings.gateway import Gateway
+
+    authority = Authority.from_data_dir(settings.data_path)
+    gateway = Gateway(settings, authority)
+    await gateway.start()
+    dev_token = authority.mint("dev", pub=[">"], subs=[">"], ttl=DEV_TOKEN_TTL)
+    print(f"tidings listening on {gateway.url}", flush=True)
+    print(f"dev token (agent 'dev', all topics, 24 h):\n  export TIDINGS_TOKEN={dev_token}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("draining...", flush=True)
+    await gateway.stop()
+    print("stopped", flush=True)
+
+
+@app.command()
+def token(
+    agent: Annotated[str, typer.Option(help="The agent id (the token's subject).")],
+    pub: Annotated[list[str] | None, typer.Option(help="Topic pattern it may publish to (repeat).")] = None,
+    sub: Annotated[list[str] | None, typer.Option(help="Topic pattern it may subscribe to (repeat).")] = None,
+    ttl: Annotated[int, typer.Option(help="Seconds until it expires.")] = 3600,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Mint a token signed with the server's secret (created on first use)."""
+    settings = _settings(config, data_dir=data_dir)
+    authority = Authority.from_data_dir(settings.data_path)
+    try:
+        print(authority.mint(agent, pub=pub or [], subs=sub or [], ttl=ttl))
+    except ValueError as exc:  # InvalidTopic is not a ValueError; both end here
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+URLOpt = Annotated[str, typer.Option(help="Gateway URL.", envvar="TIDINGS_URL")]
+TokenOpt = Annotated[str | None, typer.Option(help="Agent token.", envvar="TIDINGS_TOKEN")]
+
+
+@app.command()
+def pub(
+    topic: str,
+    body: Annotated[str, typer.Argument(help="JSON body (a bare word is sent as a string).")],
+    url: URLOpt = "ws://127.0.0.1:7700/",
+    token_: Annotated[str | None, typer.Option("--token", envvar="TIDINGS_TOKEN")] = None,
+    parent: Annotated[str | None, typer.Option(help="Id of the message this one answers.")] = None,
+) -> None:
+    """Publish one message and print its puback."""
+    try:
+        value: Any = json.loads(body)
+    except json.JSONDecodeError:
+        value = body
+
+    async def run() -> None:
+        from tidings.sdk import connect
+
+        async with connect(url, token_, name="tidings-cli") as agent:
+            ack = await agent.publish(topic, value, parent=parent)
+            print(json.dumps({"id": ack.id, "offset": ack.offset, "duplicate": ack.duplicate}))
+
+    _guard(run)
+
+
+@app.command()
+def sub(
+    pattern: str,
+    url: URLOpt = "ws://127.0.0.1:7700/",
+    token_: Annotated[str | None, typer.Option("--token", envvar="TIDINGS_TOKEN")] = None,
+    count: Annotated[int, typer.Option(help="Stop after this many messages (0: never).")] = 0,
+) -> None:
+    """Subscribe (live) and print each message as a JSON line."""
+
+    async def run() -> None:
+        import msgspec
+
+        from tidings.sdk import connect
+
+        async with connect(url, token_, name="tidings-cli") as agent:
+            seen = 0
+            async for msg in agent.subscribe(pattern):
+                sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
+                sys.stdout.flush()
+                seen += 1
+                if count and seen >= count:
+                    return
+
+    _guard(run)
+
+
+def _guard(run: Any) -> None:
+    from tidings.errors import TidingsError
+
+    try:
+        _run(run())
+    except TidingsError as exc:
+        typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def demo(
+    agents: Annotated[int, typer.Option(help="Simulated agents.")] = 120,
+    conversations: Annotated[int, typer.Option(help="Conversations they talk in.")] = 12,
+    duration: Annotated[float, typer.Option(help="Seconds to run.")] = 20.0,
+    rate: Annotated[float, typer.Option(help="Messages per second per agent.")] = 5.0,
+) -> None:
+    """Start an embedded server and a swarm of agents; show live figures; summarise."""
+    from tidings.demo import run_demo
+
+    _run(run_demo(agents=agents, conversations=conversations, duration=duration, rate=rate))
+
+
+def main() -> None:
+    app()
