@@ -25,6 +25,7 @@ from picows import (
 import tidings
 from tidings.auth import ANONYMOUS_GRANTS, Authority, Grants
 from tidings.config import Settings
+from tidings.errors import InvalidFrame
 from tidings.gateway.connection import Connection, Subscription
 from tidings.gateway.router import Router
 from tidings.metrics import GatewayStats
@@ -144,27 +145,27 @@ class Gateway:
         """Deliver ``msg`` to every matching live subscription; return how many.
 
         The message is encoded at most once per codec, then the per-subscriber
-        ``sid`` is spliced into that shared encoding.
+        ``sid`` is spliced into that shared encoding. Raises ``InvalidFrame``,
+        before anything is delivered, when the body cannot be carried by a
+        subscriber's codec (e.g. an integer beyond 64 bits for msgpack).
         """
         subs = self.router.match(msg.topic)
+        self.stats.published += 1
         if not subs:
             return 0
-        shared_json: bytes | None = None
-        shared_msgpack: bytes | None = None
+        shared: dict[bool, bytes] = {}
+        for sub in subs:
+            binary = sub.conn.binary
+            if binary not in shared:
+                try:
+                    shared[binary] = sub.conn.session.codec.encode_shared(msg)
+                except (OverflowError, TypeError, ValueError, RecursionError) as exc:
+                    raise InvalidFrame(f"body cannot be encoded for every subscriber: {exc}") from None
         for sub in subs:
             conn = sub.conn
-            codec = conn.session.codec
-            if conn.binary:
-                if shared_msgpack is None:
-                    shared_msgpack = codec.encode_shared(msg)
-                conn.session.send_encoded(codec.stamp(shared_msgpack, sub.sid))
-            else:
-                if shared_json is None:
-                    shared_json = codec.encode_shared(msg)
-                conn.session.send_encoded(codec.stamp(shared_json, sub.sid))
+            conn.session.send_encoded(conn.session.codec.stamp(shared[conn.binary], sub.sid))
             self.mark_dirty(conn)
         self.stats.delivered += len(subs)
-        self.stats.published += 1
         return len(subs)
 
     def mark_dirty(self, conn: Connection) -> None:

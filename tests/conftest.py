@@ -1,0 +1,32 @@
+"""Shared fixtures: real in-process gateways on port 0, tokens, and one time unit.
+
+Every timeout in the suite is a multiple of ``UNIT`` seconds; a slow machine
+stretches them all with ``TIDINGS_TEST_TIME_SCALE=3``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tidings.auth import Authority
+from tidings.config import Settings
+from tidings.gateway import Gateway
+
+UNIT = float(os.environ.get("TIDINGS_TEST_TIME_SCALE", "1"))
+SECRET = b"test-secret-0123456789abcdef-0123456789"
+
+
+@pytest.fixture
+def authority() -> Authority:
+    return Authority(SECRET)
+
+
+@pytest.fixture
+async def gateway(authority: Authority) -> AsyncIterator[Gateway]:
+    gw = Gateway(Settings(port=0, hello_timeout=1.0 * UNIT, max_subscriptions=5), authority)
+    await gw.start()
+    yield gw
+    await gw.stop()
