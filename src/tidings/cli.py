@@ -14,6 +14,7 @@ import typer
 
 from tidings.auth import Authority
 from tidings.config import Settings, load_settings
+from tidings.errors import TidingsError
 
 app = typer.Typer(
     help="tidings: realtime messaging for multi-agent AI systems.",
@@ -97,7 +98,7 @@ def token(
     authority = Authority.from_data_dir(settings.data_path)
     try:
         print(authority.mint(agent, pub=pub or [], subs=sub or [], ttl=ttl))
-    except ValueError as exc:  # InvalidTopic is not a ValueError; both end here
+    except (ValueError, TidingsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -157,8 +158,6 @@ def sub(
 
 
 def _guard(run: Any) -> None:
-    from tidings.errors import TidingsError
-
     try:
         _run(run())
     except TidingsError as exc:
