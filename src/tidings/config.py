@@ -40,6 +40,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: seconds SIGTERM waits for connections to drain before closing them
     drain_timeout: float = 5.0
     log_level: str = "info"
+    #: send each connection's frames of one event-loop turn as one WebSocket
+    #: message. Turn off only to measure what coalescing buys (bench/fanout.py).
+    coalesce: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

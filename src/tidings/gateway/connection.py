@@ -31,12 +31,14 @@ log = logging.getLogger("tidings.gateway")
 class Subscription:
     """A live subscription of one connection to one pattern."""
 
-    __slots__ = ("conn", "pattern", "sid")
+    __slots__ = ("conn", "pattern", "sid", "suffix")
 
     def __init__(self, conn: Connection, sid: int, pattern: str) -> None:
         self.conn = conn
         self.sid = sid
         self.pattern = pattern
+        #: closes a shared delivery encoding with this subscription's sid
+        self.suffix = conn.session.codec.sid_suffix(sid)
 
 
 class Connection(WSListener):
@@ -189,7 +191,7 @@ class Connection(WSListener):
         self.grants.check_publish(topic)
         if is_durable(topic):
             raise NotSupported(f"{topic!r} is a durable topic; this server has no durable engine yet")
-        msg_id = pub.id or uuid.uuid4().hex
+        msg_id = pub.id or self.gateway.next_id()
         msg = f.Msg(
             topic=topic,
             id=msg_id,

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
+import uuid
 from collections.abc import Sequence
 
 from picows import (
@@ -53,6 +55,8 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drained = asyncio.Event()
+        self._id_prefix = f"g{uuid.uuid4().hex[:12]}-"
+        self._id_counter = itertools.count(1)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -136,6 +140,10 @@ class Gateway:
         if not self.connections:
             self._drained.set()
 
+    def next_id(self) -> str:
+        """A message id for a publish that did not bring one: unique across restarts."""
+        return f"{self._id_prefix}{next(self._id_counter):x}"
+
     def anonymous_grants(self) -> Grants:
         return ANONYMOUS_GRANTS
 
@@ -153,23 +161,32 @@ class Gateway:
         self.stats.published += 1
         if not subs:
             return 0
-        shared: dict[bool, bytes] = {}
+        # Encode for every codec in use before delivering anything, so a body one
+        # codec cannot carry is refused whole rather than half delivered.
+        opened: dict[bool, bytes] = {}  # binary? -> shared encoding, open for the sid
         for sub in subs:
             binary = sub.conn.binary
-            if binary not in shared:
+            if binary not in opened:
+                codec = sub.conn.session.codec
                 try:
-                    shared[binary] = sub.conn.session.codec.encode_shared(msg)
+                    opened[binary] = codec.open_shared(codec.encode_shared(msg))
                 except (OverflowError, TypeError, ValueError, RecursionError) as exc:
                     raise InvalidFrame(f"body cannot be encoded for every subscriber: {exc}") from None
+                if len(opened) == 2:
+                    break
         for sub in subs:
             conn = sub.conn
-            conn.session.send_encoded(conn.session.codec.stamp(shared[conn.binary], sub.sid))
-            self.mark_dirty(conn)
+            conn.session.send_encoded(opened[conn.binary] + sub.suffix)
+            if not conn.dirty:
+                self.mark_dirty(conn)
         self.stats.delivered += len(subs)
         return len(subs)
 
     def mark_dirty(self, conn: Connection) -> None:
         """Flush ``conn`` at the end of this event-loop turn (once, however many frames)."""
+        if not self.settings.coalesce:
+            conn.flush()
+            return
         if conn.dirty:
             return
         conn.dirty = True

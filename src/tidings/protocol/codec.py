@@ -87,9 +87,23 @@ class Codec(Generic[F]):
 
     def stamp(self, shared: bytes, sid: int) -> bytes:
         """Return the encoding of ``shared`` with ``sid`` added as its last field."""
+        return self.open_shared(shared) + self.sid_suffix(sid)
+
+    def open_shared(self, shared: bytes) -> bytes:
+        """The shared encoding made ready for one more field (once per message).
+
+        Fanout computes this once per message and appends each subscriber's
+        precomputed ``sid_suffix``: one bytes concatenation per delivery.
+        """
         if self.binary:
-            return bytes((shared[0] + 1,)) + shared[1:] + b"\xa3sid" + self._enc.encode(sid)
-        return b'%b,"sid":%d}' % (shared[:-1], sid)
+            return bytes((shared[0] + 1,)) + shared[1:]
+        return shared[:-1]
+
+    def sid_suffix(self, sid: int) -> bytes:
+        """The bytes that close an ``open_shared`` encoding with ``sid`` (once per subscription)."""
+        if self.binary:
+            return b"\xa3sid" + self._enc.encode(sid)
+        return b',"sid":%d}' % sid
 
     def join(self, encoded: Sequence[bytes]) -> bytes:
         """Join already encoded frames into one WebSocket message.

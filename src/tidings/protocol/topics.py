@@ -88,6 +88,7 @@ def matches(pattern: str, topic: str) -> bool:
     return len(p) == len(t)
 
 
+@lru_cache(maxsize=65536)
 def covers(grant: str, pattern: str) -> bool:
     """Whether every topic that matches ``pattern`` also matches ``grant``.
 
