@@ -248,3 +248,64 @@ async def test_health_endpoint(gateway: Gateway) -> None:
     response = await asyncio.wait_for(reader.read(1024), 3 * UNIT)
     assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"ok\n")
     writer.close()
+
+
+async def test_ops_of_later_issues_answer_not_supported(gateway: Gateway, token: str) -> None:
+    raw = await authed(gateway.url, token)
+    await raw.send({"op": "ack", "sid": 1, "topic": "sig/a/b", "offset": 1})
+    err = await raw.recv()
+    assert err["code"] == "not_supported"
+    assert "'ack'" in err["message"]
+    await raw.send({"op": "presence", "status": "busy", "rid": 4})
+    assert (await raw.recv())["rid"] == 4
+    await raw.send({"op": "sub", "topic": "sig/a/b", "rid": 5})
+    assert (await raw.recv())["op"] == "subbed", "the connection stays open"
+
+
+async def test_patterns_that_match_nothing_are_refused(gateway: Gateway, authority: Authority) -> None:
+    raw = await authed(gateway.url, authority.mint("p", pub=[], subs=[">"]))
+    for i, pattern in enumerate(["x/>", "sig/team", "nope/*/*"]):
+        await raw.send({"op": "sub", "topic": pattern, "rid": i})
+        assert (await raw.recv())["code"] == "invalid_topic"
+
+
+async def test_fragment_protocol_violations_close_with_1002(gateway: Gateway, token: str) -> None:
+    """A continuation frame with no message in progress breaks RFC 6455 section 5.4."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3 * UNIT)
+    hello = b'{"op":"hello","token":"%b"}' % token.encode()
+    writer.write(b"\x81" + _masked_len(len(hello)) + b"\x00\x00\x00\x00" + hello)
+    writer.write(b"\x80\x82\x00\x00\x00\x00{}")  # FIN continuation, nothing to continue
+    data = b""
+    while b"\x88" not in data:
+        chunk = await asyncio.wait_for(reader.read(4096), 3 * UNIT)
+        assert chunk, "closed without a close frame"
+        data += chunk
+    close = data[data.index(b"\x88") :]
+    assert int.from_bytes(close[2:4], "big") == 1002
+    writer.close()
+
+
+def _masked_len(n: int) -> bytes:
+    return bytes([0x80 | n]) if n < 126 else b"\xfe" + n.to_bytes(2, "big")
+
+
+async def test_close_without_code_is_answered_1000(gateway: Gateway, token: str) -> None:
+    raw = await authed(gateway.url, token)
+    await raw.ws.close(code=1000)
+    assert raw.ws.close_code == 1000
+
+
+async def test_empty_token_is_anonymous_when_allowed(authority: Authority) -> None:
+    gw = Gateway(Settings(port=0, allow_anonymous=True), authority)
+    await gw.start()
+    try:
+        raw = await Raw.open(gw.url)
+        assert (await raw.hello(""))["agent"] == "anonymous"
+        await raw.close()
+    finally:
+        await gw.stop()

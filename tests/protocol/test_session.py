@@ -19,8 +19,7 @@ WELCOME = f.Welcome(
 
 
 def out(session: ServerSession) -> list[object]:
-    data = session.data_to_send()
-    return [] if data is None else CLIENT.decode(data)
+    return [frame for data in session.data_to_send() for frame in CLIENT.decode(data)]
 
 
 def test_hello_then_accept_opens_the_session() -> None:
@@ -95,15 +94,27 @@ def test_everything_queued_in_a_turn_leaves_as_one_message() -> None:
     s = ServerSession(JSON, 1024)
     for i in range(5):
         s.send(f.Puback(id=str(i)))
-    data = s.data_to_send()
-    assert data is not None and data.startswith(b"[")
-    assert s.data_to_send() is None
+    (data,) = s.data_to_send()
+    assert data.startswith(b"[")
+    assert s.data_to_send() == []
+
+
+def test_outgoing_batches_respect_the_limits_the_peer_is_held_to() -> None:
+    s = ServerSession(JSON, 4096)
+    for i in range(3000):
+        s.send(f.Puback(id=str(i)))
+    s.send(f.Puback(id="x" * 10_000))  # one frame over the limit still goes, alone
+    messages = s.data_to_send()
+    decoded = [client_codec(JSON, 1 << 20).decode(m) for m in messages]
+    assert [p.id for batch in decoded for p in batch] == [*map(str, range(3000)), "x" * 10_000]
+    assert all(len(batch) <= 1024 for batch in decoded)
+    assert all(len(m) <= 4096 for m in messages[:-1])
 
 
 def test_client_session_sends_hello_and_opens_on_welcome() -> None:
     c = ClientSession(JSON, f.Hello(token="t", rid=0))
-    first = c.data_to_send()
-    assert first is not None and b'"op":"hello"' in first
+    (first,) = c.data_to_send()
+    assert b'"op":"hello"' in first
     c.receive_data(msgspec.json.encode(WELCOME))
     assert [type(x) for x in c.events_received()] == [f.Welcome]
     assert c.state is State.OPEN and c.welcome == WELCOME

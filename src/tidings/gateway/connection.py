@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from tidings.auth import Grants
-from tidings.errors import FrameTooLarge, LimitExceeded, NotSupported, TidingsError
+from tidings.errors import FrameTooLarge, LimitExceeded, NotSupported, ProtocolError, TidingsError
 from tidings.protocol import frames as f
 from tidings.protocol.session import CloseCode, ServerSession, State, error_frame
 from tidings.protocol.topics import is_durable, validate_pattern, validate_topic
@@ -73,12 +73,15 @@ class Connection(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
         if kind is WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            # Echo the peer's code (RFC 6455 5.5.1); a close without one is answered 1000,
+            # never with picows' placeholder 0, which may not appear on the wire.
+            code = frame.get_close_code()
+            transport.send_close(WSCloseCode.OK if code is WSCloseCode.NO_INFO else code)
             transport.disconnect()
             return
         if kind not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
             return  # ping/pong are answered by picows itself
-        if not frame.fin or kind is WSMsgType.CONTINUATION:
+        if kind is WSMsgType.CONTINUATION or not frame.fin or self._fragments is not None:
             self._on_fragment(frame)
         else:
             self.session.receive_data(frame.get_payload_as_memoryview())
@@ -94,11 +97,19 @@ class Connection(WSListener):
     # -- frames ---------------------------------------------------------------
 
     def _on_fragment(self, frame: WSFrame) -> None:
-        """Reassemble a fragmented message, refusing it once it passes the limit."""
-        if frame.msg_type is not WSMsgType.CONTINUATION:
-            self._fragments, self._fragment_bytes = [], 0
+        """Reassemble a fragmented message, refusing it once it passes the limit.
+
+        RFC 6455 5.4: a continuation needs a message in progress, and a new data
+        frame may not start while one is; either breaks the protocol (1002).
+        """
+        starting = frame.msg_type is not WSMsgType.CONTINUATION
+        if starting == (self._fragments is not None):
+            self._fragments = None
+            why = "a new message started inside a fragmented one" if starting else "continuation of nothing"
+            self.session.fail(ProtocolError(why), CloseCode.PROTOCOL_ERROR)
+            return
         if self._fragments is None:
-            return  # continuation without a start: nothing to attach it to
+            self._fragments, self._fragment_bytes = [], 0
         self._fragment_bytes += frame.payload_size
         limit = self.gateway.settings.max_frame_bytes
         if self._fragment_bytes > limit:
@@ -136,11 +147,11 @@ class Connection(WSListener):
         elif isinstance(frame, f.Hello):
             self._on_hello(frame)
         else:
-            raise NotSupported(f"'{frame.op}' is not supported by this server yet")  # type: ignore[union-attr]
+            raise NotSupported(f"'{f.op_of(frame)}' is not supported by this server yet")
 
     def _on_hello(self, hello: f.Hello) -> None:
         gw = self.gateway
-        if hello.token is None and gw.settings.allow_anonymous:
+        if not hello.token and gw.settings.allow_anonymous:
             self.grants = gw.anonymous_grants()
         else:
             self.grants = gw.authority.verify(hello.token)
@@ -224,9 +235,9 @@ class Connection(WSListener):
         transport = self.transport
         if transport is None or transport.is_disconnected:
             return
-        data = self.session.data_to_send()
-        if data is not None:
-            transport.send(WSMsgType.BINARY if self.binary else WSMsgType.TEXT, data)
+        kind = WSMsgType.BINARY if self.binary else WSMsgType.TEXT
+        for data in self.session.data_to_send():
+            transport.send(kind, data)
             self.gateway.stats.messages_out += 1
         if self.session.close_code is not None and self.session.state is State.CLOSING:
             self.session.state = State.CLOSED

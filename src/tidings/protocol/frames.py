@@ -213,4 +213,11 @@ class PresenceEvent(msgspec.Struct, tag="presence", **_FRAME):
     topic: str = ""
 
 
+def op_of(frame: object) -> str:
+    """The ``op`` a frame is sent with (msgspec keeps the tag on the class, not the instance)."""
+    config = getattr(type(frame), "__struct_config__", None)
+    tag = getattr(config, "tag", None)
+    return tag if isinstance(tag, str) else type(frame).__name__.lower()
+
+
 ServerFrame = Welcome | Subbed | Unsubbed | Msg | Puback | Error | Gap | Dropped | PresenceEvent

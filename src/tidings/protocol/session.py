@@ -33,7 +33,7 @@ import msgspec
 
 from tidings.errors import FrameTooLarge, ProtocolError, TidingsError
 from tidings.protocol import frames as f
-from tidings.protocol.codec import Codec, client_codec, server_codec
+from tidings.protocol.codec import MAX_BATCH, Codec, client_codec, server_codec
 
 
 class State(Enum):
@@ -115,9 +115,8 @@ class Session(Generic[E]):
             frame = self._incoming.popleft()
             nxt = TRANSITIONS[self.state].get(type(frame))
             if nxt is None:
-                op = getattr(frame, "op", type(frame).__name__.lower())
                 self.fail(
-                    ProtocolError(f"'{op}' is not allowed while {self.state.value}"),
+                    ProtocolError(f"'{f.op_of(frame)}' is not allowed while {self.state.value}"),
                     CloseCode.POLICY_VIOLATION,
                 )
                 return
@@ -142,13 +141,29 @@ class Session(Generic[E]):
         """Bytes queued and not yet taken by ``data_to_send()``."""
         return self._outgoing_bytes
 
-    def data_to_send(self) -> bytes | None:
-        """Everything queued, as one WebSocket message, or ``None`` if nothing is."""
+    def data_to_send(self) -> list[bytes]:
+        """Everything queued, as few WebSocket messages as the limits allow.
+
+        Usually one message; a batch is split so that no message holds more than
+        ``MAX_BATCH`` frames or (unless one frame alone is larger) more than the
+        codec's ``max_frame_bytes``, the same limits the peer is held to.
+        """
         if not self._outgoing:
-            return None
-        out = self.codec.join(self._outgoing)
+            return []
+        frames, total = self._outgoing, self._outgoing_bytes
         self._outgoing = []
         self._outgoing_bytes = 0
+        limit = self.codec.max_frame_bytes - 16  # room for the array header and commas
+        if len(frames) <= MAX_BATCH and total + len(frames) <= limit:
+            return [self.codec.join(frames)]
+        out: list[bytes] = []
+        start, size = 0, 0
+        for i, frame in enumerate(frames):
+            if i > start and (i - start >= MAX_BATCH or size + len(frame) + (i - start) > limit):
+                out.append(self.codec.join(frames[start:i]))
+                start, size = i, 0
+            size += len(frame)
+        out.append(self.codec.join(frames[start:]))
         return out
 
     # -- closing ---------------------------------------------------------

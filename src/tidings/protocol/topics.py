@@ -57,10 +57,16 @@ def validate_pattern(pattern: str, max_length: int = MAX_TOPIC_LENGTH) -> str:
     """Return ``pattern`` if it is a well-formed subscription pattern; raise ``InvalidTopic``.
 
     ``>`` may only be the last segment; ``*`` and ``>`` must be whole segments.
-    Unlike a topic, a pattern may be shorter than three segments (``conv/>``).
+    A pattern must be able to match some topic: a literal namespace must be a
+    known one, and a pattern without ``>`` needs three segments (``conv/>`` is
+    fine, ``conv/team`` matches nothing and is refused).
     """
     _check_length(pattern, max_length)
     segments = pattern.split("/")
+    if segments[0] not in NAMESPACES and segments[0] not in ("*", ">"):
+        raise InvalidTopic(f"pattern {pattern!r} has unknown namespace {segments[0]!r}")
+    if segments[-1] != ">" and len(segments) < MIN_SEGMENTS:
+        raise InvalidTopic(f"pattern {pattern!r} can match no topic: topics have {MIN_SEGMENTS}+ segments")
     for i, segment in enumerate(segments):
         if segment == ">":
             if i != len(segments) - 1:

@@ -254,10 +254,12 @@ class Agent:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data = self._session.data_to_send()
-        if data is not None and self._transport is not None and not self._transport.is_disconnected:
-            binary = self._session.codec.binary
-            self._transport.send(WSMsgType.BINARY if binary else WSMsgType.TEXT, data)
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return  # what is queued stays queued until there is a transport
+        kind = WSMsgType.BINARY if self._session.codec.binary else WSMsgType.TEXT
+        for data in self._session.data_to_send():
+            transport.send(kind, data)
 
     # -- incoming ---------------------------------------------------------
 
