@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,12 @@ from tidings.gateway import Gateway
 
 UNIT = float(os.environ.get("TIDINGS_TEST_TIME_SCALE", "1"))
 SECRET = b"test-secret-0123456789abcdef-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own directory, so ./tidings-data never collides."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

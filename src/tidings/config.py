@@ -21,7 +21,44 @@ from typing import Any
 
 import msgspec
 
+from tidings.log.types import RetentionPolicy
+
 ENV_PREFIX = "TIDINGS_"
+
+
+class NamespacePolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How the topics of one namespace are kept and delivered.
+
+    Retention (``None``: no limit) is per topic and also bounds the dedup
+    window: an id is remembered for as long as its message is retained.
+    """
+
+    max_messages: int | None = None
+    max_bytes: int | None = None
+    max_age_s: float | None = None
+    #: ms a durable consumer has to ack a delivery before it is redelivered
+    ack_wait_ms: int = 30_000
+    #: deliveries before a message goes to ``dlq/<topic>``
+    max_deliver: int = 5
+    #: unacked deliveries per durable subscription before delivery pauses
+    max_inflight: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.ack_wait_ms < 1 or self.max_deliver < 1 or self.max_inflight < 1:
+            raise ValueError("ack_wait_ms, max_deliver and max_inflight must be at least 1")
+
+    def retention(self) -> RetentionPolicy:
+        age = None if self.max_age_s is None else int(self.max_age_s * 1000)
+        return RetentionPolicy(self.max_messages, self.max_bytes, age)
+
+
+def default_namespaces() -> dict[str, NamespacePolicy]:
+    return {
+        "conv": NamespacePolicy(),
+        "ctl": NamespacePolicy(max_messages=10_000),
+        "dlq": NamespacePolicy(max_age_s=14 * 86400.0),
+        "sig": NamespacePolicy(),
+    }
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -43,6 +80,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: send each connection's frames of one event-loop turn as one WebSocket
     #: message. Turn off only to measure what coalescing buys (bench/fanout.py).
     coalesce: bool = True
+    #: per-namespace policies; a TOML ``[namespaces.conv]`` table overrides fields
+    namespaces: dict[str, NamespacePolicy] = msgspec.field(default_factory=default_namespaces)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -57,6 +96,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    def policy(self, topic: str) -> NamespacePolicy:
+        """The policy of ``topic``'s namespace."""
+        ns = topic.split("/", 1)[0]
+        return self.namespaces.get(ns) or self.namespaces.setdefault(ns, NamespacePolicy())
+
+    def retention(self, topic: str) -> RetentionPolicy:
+        return self.policy(topic).retention()
 
 
 def load_settings(
@@ -79,6 +126,11 @@ def load_settings(
         if raw is not None:
             values[name] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
+    # A [namespaces.X] table changes the fields it names and keeps the other defaults.
+    namespaces = {k: msgspec.to_builtins(v) for k, v in default_namespaces().items()}
+    for ns, fields in (values.get("namespaces") or {}).items():
+        namespaces.setdefault(ns, {}).update(fields if isinstance(fields, dict) else {})
+    values["namespaces"] = namespaces
     try:
         # str values (from the environment) are converted to the field's type.
         return msgspec.convert(values, Settings, strict=False)

@@ -225,14 +225,6 @@ async def test_connection_closes_when_token_expires(gateway: Gateway, authority:
     assert (await raw.closed())[0] == 1008
 
 
-async def test_durable_topic_is_reported_unsupported_until_the_engine_lands(
-    gateway: Gateway, authority: Authority
-) -> None:
-    raw = await authed(gateway.url, authority.mint("e", pub=[">"], subs=[">"]))
-    await raw.send({"op": "pub", "topic": "conv/a/b", "body": 1, "rid": 1})
-    assert (await raw.recv())["code"] == "not_supported"
-
-
 async def test_stop_drains_with_going_away(authority: Authority, token: str) -> None:
     gw = Gateway(Settings(port=0), authority)
     await gw.start()
@@ -252,10 +244,12 @@ async def test_health_endpoint(gateway: Gateway) -> None:
 
 async def test_ops_of_later_issues_answer_not_supported(gateway: Gateway, token: str) -> None:
     raw = await authed(gateway.url, token)
-    await raw.send({"op": "ack", "sid": 1, "topic": "sig/a/b", "offset": 1})
+    await raw.send({"op": "chunk", "stream": "s", "topic": "sig/a/b", "seq": 0, "data": "x"})
     err = await raw.recv()
     assert err["code"] == "not_supported"
-    assert "'ack'" in err["message"]
+    assert "'chunk'" in err["message"]
+    await raw.send({"op": "ack", "sid": 99, "topic": "conv/a/b", "offset": 1})
+    assert (await raw.recv())["code"] == "invalid_frame", "ack for a sid that is not durable"
     await raw.send({"op": "presence", "status": "busy", "rid": 4})
     assert (await raw.recv())["rid"] == 4
     await raw.send({"op": "sub", "topic": "sig/a/b", "rid": 5})

@@ -14,24 +14,35 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+import msgspec
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from tidings.auth import Grants
-from tidings.errors import FrameTooLarge, LimitExceeded, NotSupported, ProtocolError, TidingsError
+from tidings.engine.base import PublishResult
+from tidings.errors import (
+    FrameTooLarge,
+    InvalidFrame,
+    LimitExceeded,
+    NotSupported,
+    ProtocolError,
+    StorageError,
+    TidingsError,
+)
 from tidings.protocol import frames as f
 from tidings.protocol.session import CloseCode, ServerSession, State, error_frame
-from tidings.protocol.topics import is_durable, validate_pattern, validate_topic
+from tidings.protocol.topics import is_durable, is_wildcard, validate_pattern, validate_topic
 
 if TYPE_CHECKING:
+    from tidings.gateway.consumer import Consumer
     from tidings.gateway.server import Gateway
 
 log = logging.getLogger("tidings.gateway")
 
 
 class Subscription:
-    """A live subscription of one connection to one pattern."""
+    """One ``sub`` of one connection: live (in the router) or a member of a ``Consumer``."""
 
-    __slots__ = ("conn", "pattern", "sid", "suffix")
+    __slots__ = ("conn", "consumer", "inflight", "max_inflight", "pattern", "sid", "suffix")
 
     def __init__(self, conn: Connection, sid: int, pattern: str) -> None:
         self.conn = conn
@@ -39,6 +50,18 @@ class Subscription:
         self.pattern = pattern
         #: closes a shared delivery encoding with this subscription's sid
         self.suffix = conn.session.codec.sid_suffix(sid)
+        self.consumer: Consumer | None = None
+        self.inflight = 0
+        self.max_inflight = 0
+
+    def deliver(self, msg: f.Msg) -> None:
+        """Send one message of a replay or durable consumer on this subscription."""
+        self.conn.session.send(msgspec.structs.replace(msg, sid=self.sid))
+        self.conn.gateway.mark_dirty(self.conn)
+
+    def deliver_gap(self, topic: str, first: int, last: int, reason: str) -> None:
+        self.conn.session.send(f.Gap(sid=self.sid, topic=topic, first=first, last=last, reason=reason))
+        self.conn.gateway.mark_dirty(self.conn)
 
 
 class Connection(WSListener):
@@ -52,6 +75,7 @@ class Connection(WSListener):
         self.session_id = uuid.uuid4().hex
         self.subs: dict[int, Subscription] = {}
         self.dirty = False
+        self.write_paused = False
         self.transport: WSTransport | None = None
         self._next_sid = 1
         self._fragments: list[bytes] | None = None
@@ -86,6 +110,15 @@ class Connection(WSListener):
         else:
             self.session.receive_data(frame.get_payload_as_memoryview())
         self._process()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for sub in self.subs.values():
+            if sub.consumer is not None:
+                sub.consumer.schedule()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         for timer in self._timers:
@@ -144,6 +177,10 @@ class Connection(WSListener):
             self._on_sub(frame)
         elif isinstance(frame, f.Unsub):
             self._on_unsub(frame)
+        elif isinstance(frame, f.Ack):
+            self._member(frame.sid).ack(self.subs[frame.sid], frame.topic, frame.offset)
+        elif isinstance(frame, f.Nack):
+            self._member(frame.sid).nack(self.subs[frame.sid], frame.topic, frame.offset, frame.delay_ms)
         elif isinstance(frame, f.Hello):
             self._on_hello(frame)
         else:
@@ -181,27 +218,39 @@ class Connection(WSListener):
         self.grants.check_subscribe(pattern)
         if len(self.subs) >= settings.max_subscriptions:
             raise LimitExceeded(f"this connection already has {len(self.subs)} subscriptions (the limit)")
-        if sub.consumer is not None or sub.start is not None:
-            raise NotSupported("durable subscriptions (consumer, from) need the durable engine")
+        if sub.consumer is not None and not sub.consumer.strip():
+            raise InvalidFrame("consumer name must not be empty")
         sid = self._next_sid
         self._next_sid += 1
         subscription = Subscription(self, sid, pattern)
+        durable = sub.consumer is not None or sub.start is not None
+        head = None
+        if durable:
+            if not is_wildcard(pattern):
+                head = self.gateway.engine.head(pattern)
+            subscription.consumer = self.gateway.consumers.join(subscription, sub, self.grants.agent)
+        else:
+            self.gateway.router.add(subscription)
         self.subs[sid] = subscription
-        self.gateway.router.add(subscription)
-        self.session.send(f.Subbed(sid=sid, topic=pattern, rid=sub.rid))
+        # subbed goes out before the first delivery: both are queued in this turn, in order
+        self.session.send(f.Subbed(sid=sid, topic=pattern, rid=sub.rid, durable=durable, head=head))
 
     def _on_unsub(self, unsub: f.Unsub) -> None:
         subscription = self.subs.pop(unsub.sid, None)
         if subscription is not None:
-            self.gateway.router.remove(subscription)
+            self.gateway.drop_subscription(subscription)
         self.session.send(f.Unsubbed(sid=unsub.sid, rid=unsub.rid))
+
+    def _member(self, sid: int) -> Consumer:
+        sub = self.subs.get(sid)
+        if sub is None or sub.consumer is None or not sub.consumer.acks:
+            raise InvalidFrame(f"sid {sid} is not a durable subscription of this connection")
+        return sub.consumer
 
     def _on_pub(self, pub: f.Pub) -> None:
         assert self.grants is not None
         topic = validate_topic(pub.topic, self.gateway.settings.max_topic_length)
         self.grants.check_publish(topic)
-        if is_durable(topic):
-            raise NotSupported(f"{topic!r} is a durable topic; this server has no durable engine yet")
         msg_id = pub.id or self.gateway.next_id()
         msg = f.Msg(
             topic=topic,
@@ -213,9 +262,29 @@ class Connection(WSListener):
             lamport=pub.lamport,
             headers=pub.headers,
         )
-        self.gateway.fanout(msg)
+        if is_durable(topic):
+            stored = asyncio.ensure_future(self.gateway.engine.publish(msg))
+            stored.add_done_callback(lambda task: self._published(task, msg_id, pub.rid))
+            return
+        self.gateway.engine.publish_ephemeral(msg)
         if pub.rid is not None:
             self.session.send(f.Puback(id=msg_id, rid=pub.rid))
+
+    def _published(self, task: asyncio.Future[PublishResult], msg_id: str, rid: int | None) -> None:
+        """A durable publish finished: answer with ``puback`` (only now: it is on disk) or the error."""
+        if self.session.state is not State.OPEN:
+            return
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or exc is not None:
+            error = exc if isinstance(exc, TidingsError) else StorageError(f"publish failed: {exc!r}")
+            if not isinstance(exc, TidingsError):
+                log.error("durable publish of %s failed: %r", msg_id, exc)
+            self.gateway.stats.rejected += 1
+            self.session.send(error_frame(error, rid))
+        elif rid is not None:
+            result = task.result()
+            self.session.send(f.Puback(id=msg_id, rid=rid, offset=result.offset, duplicate=result.duplicate))
+        self.gateway.mark_dirty(self)
 
     # -- timers and closing ---------------------------------------------------
 

@@ -27,8 +27,11 @@ from picows import (
 import tidings
 from tidings.auth import ANONYMOUS_GRANTS, Authority, Grants
 from tidings.config import Settings
+from tidings.engine.base import Engine
+from tidings.engine.embedded import EmbeddedEngine
 from tidings.errors import InvalidFrame
 from tidings.gateway.connection import Connection, Subscription
+from tidings.gateway.consumers import Consumers
 from tidings.gateway.router import Router
 from tidings.metrics import GatewayStats
 from tidings.protocol import frames as f
@@ -43,9 +46,13 @@ HEALTH_PATHS = (b"/healthz", b"/health")
 class Gateway:
     heartbeat_s = 20.0
 
-    def __init__(self, settings: Settings, authority: Authority) -> None:
+    def __init__(self, settings: Settings, authority: Authority, engine: Engine | None = None) -> None:
         self.settings = settings
         self.authority = authority
+        self.engine: Engine = engine or EmbeddedEngine(
+            settings.data_path, settings.shards, retention=settings.retention
+        )
+        self.consumers = Consumers(self.engine, settings)
         self.router: Router[Subscription] = Router()
         self.stats = GatewayStats()
         self.server_name = f"tidings/{tidings.__version__}"
@@ -61,8 +68,15 @@ class Gateway:
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen on ``settings.host``/``settings.port`` (port 0 picks a free one)."""
+        """Start the engine, then listen on ``settings.host``/``settings.port`` (0: any free port).
+
+        Raises ``StorageError`` (e.g. ``CorruptLog``) if the durable log cannot be opened.
+        """
         self._loop = asyncio.get_running_loop()
+        await self.engine.start()
+        self.engine.on_commit(self._on_commit)
+        self.engine.on_ephemeral(self.fanout)
+        self.consumers.start()
         self._server = await ws_create_server(
             self._route,
             self.settings.host,
@@ -106,6 +120,8 @@ class Gateway:
                 conn.transport.disconnect(graceful=False)
         await self._server.wait_closed()
         self._server = None
+        await self.consumers.stop()
+        await self.engine.stop()
 
     # -- connections --------------------------------------------------------
 
@@ -134,11 +150,25 @@ class Gateway:
     def unregister(self, conn: Connection) -> None:
         self.connections.discard(conn)
         for sub in conn.subs.values():
-            self.router.remove(sub)
+            self.drop_subscription(sub)
         conn.subs.clear()
         self.stats.connections_closed += 1
         if not self.connections:
             self._drained.set()
+
+    def drop_subscription(self, sub: Subscription) -> None:
+        if sub.consumer is None:
+            self.router.remove(sub)
+        else:
+            self.consumers.leave(sub)
+
+    def _on_commit(self, msg: f.Msg) -> None:
+        """A durable message is on disk: live subscribers get it, consumers take it."""
+        try:
+            self.fanout(msg)
+        except InvalidFrame:
+            log.warning("message %s of %s cannot be encoded for a live subscriber", msg.id, msg.topic)
+        self.consumers.on_commit(msg)
 
     def next_id(self) -> str:
         """A message id for a publish that did not bring one: unique across restarts."""

@@ -145,6 +145,9 @@ class Subbed(msgspec.Struct, tag="subbed", **_FRAME):
     topic: str
     rid: int | None = None
     durable: bool = False
+    #: for a replaying subscription to one concrete topic: the topic's last
+    #: offset when the subscription began (a replay is complete once it passes it)
+    head: int | None = None
 
 
 class Unsubbed(msgspec.Struct, tag="unsubbed", **_FRAME):

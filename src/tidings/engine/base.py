@@ -1,0 +1,115 @@
+"""The engine interface: the one seam between the gateway and where messages live.
+
+Every engine keeps the contract in DESIGN.md ("Guarantees"): a durable publish
+returns only once the message is durable; the same id in the same topic is
+stored once; readers see a topic in offset order; removed messages are
+reported, never skipped.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import msgspec
+
+from tidings.protocol.frames import Msg
+
+
+class PublishResult(msgspec.Struct, frozen=True):
+    offset: int
+    duplicate: bool
+
+
+class TopicCursor(msgspec.Struct):
+    """How far a durable consumer got in one topic.
+
+    Every offset ``<= floor`` is acknowledged; so is each offset in ``acked``
+    (acknowledged out of order, above the floor).
+    """
+
+    floor: int = 0
+    acked: list[int] = []
+
+
+class CursorState(msgspec.Struct):
+    topics: dict[str, TopicCursor] = {}
+
+
+#: Called with each newly durable message, per topic in offset order.
+CommitCallback = Callable[[Msg], None]
+#: Called with each ephemeral message published anywhere.
+EphemeralCallback = Callable[[Msg], object]
+
+
+class Engine(ABC):
+    """What the gateway needs from wherever messages live."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open storage and connections. Raises ``StorageError`` (e.g. ``CorruptLog``)."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Finish what is in flight and release everything. Idempotent."""
+
+    # -- publishing ---------------------------------------------------------
+
+    @abstractmethod
+    async def publish(self, msg: Msg) -> PublishResult:
+        """Store a message of a durable topic; return once it is durable.
+
+        ``msg.offset`` is ignored (the engine assigns it). A message whose id is
+        already stored in the topic stores nothing and answers the original
+        offset with ``duplicate=True``. Raises ``SyncFailed`` (the process must
+        stop), ``RetryLater`` (try again), ``InvalidFrame`` (unstorable body).
+        """
+
+    @abstractmethod
+    def publish_ephemeral(self, msg: Msg) -> None:
+        """Hand an ephemeral message to every gateway's ephemeral callback."""
+
+    @abstractmethod
+    def on_commit(self, callback: CommitCallback) -> None:
+        """Call ``callback`` with every message once durable, per topic in offset order.
+
+        Between two steps of the event loop, ``read`` returns exactly the
+        messages already passed to the callback, so a reader that reads and then
+        follows commits with no ``await`` in between sees no gap and no repeat.
+        """
+
+    @abstractmethod
+    def on_ephemeral(self, callback: EphemeralCallback) -> None:
+        """Call ``callback`` with every ephemeral message published on any gateway."""
+
+    # -- reading ------------------------------------------------------------
+
+    @abstractmethod
+    def read(self, topic: str, after: int, limit: int = 1000) -> list[Msg]:
+        """Up to ``limit`` retained messages of ``topic`` after offset ``after``, ascending."""
+
+    @abstractmethod
+    def head(self, topic: str) -> int:
+        """The highest offset ever stored in ``topic``; 0 if none."""
+
+    @abstractmethod
+    def trimmed_through(self, topic: str) -> int:
+        """The highest offset of ``topic`` removed by retention; 0 if none."""
+
+    @abstractmethod
+    def offset_at_time(self, topic: str, ts_ms: int) -> int:
+        """The ``after`` offset from which ``read`` starts at the first message at or after ``ts_ms``."""
+
+    @abstractmethod
+    def topics(self) -> list[str]:
+        """Every durable topic with retained messages or history."""
+
+    # -- cursors of durable consumers ------------------------------------------
+
+    @abstractmethod
+    def load_cursor(self, key: str) -> CursorState:
+        """The saved state of a durable consumer (empty if it never saved)."""
+
+    @abstractmethod
+    async def save_cursors(self, states: dict[str, CursorState]) -> None:
+        """Make these consumers' states durable. Raises ``StorageError``."""

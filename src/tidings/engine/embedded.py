@@ -1,0 +1,165 @@
+"""The embedded engine: one process, the sharded on-disk log, in-process fanout.
+
+A durable message is stored as one log record whose payload is the envelope
+without ``topic`` and ``offset`` (the record carries those), msgpack-encoded
+as an array:
+
+    [id, sender, ts, body, parent, lamport, headers]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tidings.engine.base import (
+    CommitCallback,
+    CursorState,
+    Engine,
+    EphemeralCallback,
+    PublishResult,
+)
+from tidings.errors import InvalidFrame
+from tidings.log import RetentionPolicy, Store, StoredRecord
+from tidings.log.cursors import CursorStore
+from tidings.protocol.frames import Headers, Msg
+
+log = logging.getLogger("tidings.engine")
+
+
+class _Stored(msgspec.Struct, array_like=True):
+    id: str
+    sender: str
+    ts: int
+    body: Any
+    parent: str | None
+    lamport: int
+    headers: Headers
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Stored)
+
+
+def to_record_payload(msg: Msg) -> bytes:
+    """Encode what a record carries beyond topic and offset. Raises ``InvalidFrame``."""
+    try:
+        return _encoder.encode(
+            _Stored(msg.id, msg.sender, msg.ts, msg.body, msg.parent, msg.lamport, msg.headers)
+        )
+    except (OverflowError, TypeError, ValueError, RecursionError) as exc:
+        raise InvalidFrame(f"body cannot be stored: {exc}") from None
+
+
+def from_record(record: StoredRecord) -> Msg:
+    s = _decoder.decode(record.payload)
+    return Msg(
+        topic=record.topic,
+        id=s.id,
+        sender=s.sender,
+        ts=s.ts,
+        body=s.body,
+        offset=record.offset,
+        parent=s.parent,
+        lamport=s.lamport,
+        headers=s.headers,
+    )
+
+
+class EmbeddedEngine(Engine):
+    def __init__(
+        self,
+        data_dir: Path,
+        shards: int = 8,
+        retention: Callable[[str], RetentionPolicy] | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        trim_interval: float = 5.0,
+    ) -> None:
+        self.data_dir = data_dir
+        self.shards = shards
+        self._retention = retention
+        self._on_fatal = on_fatal
+        self._trim_interval = trim_interval
+        self._store: Store | None = None
+        self._cursors = CursorStore(data_dir / "log")
+        self._commit_callbacks: list[CommitCallback] = []
+        self._ephemeral_callbacks: list[EphemeralCallback] = []
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "start() first"
+        return self._store
+
+    async def start(self) -> None:
+        self._store = await Store.open(
+            self.data_dir / "log",
+            self.shards,
+            retention=self._retention,
+            on_fatal=self._fatal,
+            trim_interval=self._trim_interval,
+        )
+        self._store.subscribe_appends(self._announce)
+
+    async def stop(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+    def _fatal(self, exc: BaseException) -> None:
+        log.critical("durable storage failed; nothing more will be acknowledged: %s", exc)
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
+
+    def _announce(self, record: StoredRecord) -> None:
+        if not self._commit_callbacks:
+            return
+        msg = from_record(record)
+        for callback in self._commit_callbacks:
+            callback(msg)
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(self, msg: Msg) -> PublishResult:
+        result = await self.store.append(msg.topic, msg.id, msg.ts, to_record_payload(msg))
+        return PublishResult(result.offset, result.duplicate)
+
+    def publish_ephemeral(self, msg: Msg) -> None:
+        for callback in self._ephemeral_callbacks:
+            callback(msg)
+
+    def on_commit(self, callback: CommitCallback) -> None:
+        self._commit_callbacks.append(callback)
+
+    def on_ephemeral(self, callback: EphemeralCallback) -> None:
+        self._ephemeral_callbacks.append(callback)
+
+    # -- reading ------------------------------------------------------------
+
+    def read(self, topic: str, after: int, limit: int = 1000) -> list[Msg]:
+        return [from_record(r) for r in self.store.read(topic, after, limit)]
+
+    def head(self, topic: str) -> int:
+        return self.store.head(topic)
+
+    def trimmed_through(self, topic: str) -> int:
+        return self.store.trimmed_through(topic)
+
+    def offset_at_time(self, topic: str, ts_ms: int) -> int:
+        return self.store.offset_at_time(topic, ts_ms)
+
+    def topics(self) -> list[str]:
+        return self.store.topics()
+
+    # -- cursors ------------------------------------------------------------
+
+    def load_cursor(self, key: str) -> CursorState:
+        saved = self._cursors.load(key)
+        return CursorState() if saved is None else msgspec.convert(saved, CursorState)
+
+    async def save_cursors(self, states: dict[str, CursorState]) -> None:
+        plain = {key: msgspec.to_builtins(state) for key, state in states.items()}
+        await asyncio.to_thread(self._cursors.save_many, plain)

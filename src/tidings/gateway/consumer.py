@@ -1,0 +1,314 @@
+"""Delivery from the log: durable consumers (acked) and replay readers (not acked).
+
+A ``Consumer`` follows every durable topic its pattern matches. Per topic it
+remembers how far it has read from the log (``read_through``), which offsets
+are delivered but not yet acknowledged (``outstanding``), and which were
+acknowledged above the floor (``acked``). It always reads the log strictly
+after ``read_through``; once a read comes back short it is caught up and takes
+newly committed messages straight from the engine's commit callback, with no
+``await`` in between, so the replay-to-live seam has no gap and no repeat.
+
+Members are the subscriptions (one per connection) that share the consumer:
+deliveries go round-robin to members with room, which splits the messages
+between them like a work queue. A member's room is ``max_inflight`` unacked
+messages; a reader's (no acks) is its connection's outgoing buffer.
+
+Every delivery of a durable consumer must be acked within ``ack_wait``; a nack
+redelivers after ``delay_ms * 2**(attempt-1)`` (capped at a minute); after
+``max_deliver`` attempts the message is appended to ``dlq/<topic>`` with the
+reason in its headers, then counted as acknowledged.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import deque
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from tidings.config import NamespacePolicy
+from tidings.engine.base import CursorState, TopicCursor
+from tidings.protocol import frames as f
+from tidings.protocol.topics import is_durable, matches
+
+if TYPE_CHECKING:
+    from tidings.gateway.connection import Subscription
+    from tidings.gateway.consumers import Consumers
+
+READ_BATCH = 256
+READER_WINDOW = 1 << 20  # bytes a reader may have queued on its connection
+MAX_BACKOFF_MS = 60_000
+_seq = itertools.count()
+
+
+class Phase(Enum):
+    READY = "ready"  # waiting for a member with room
+    INFLIGHT = "inflight"  # delivered, waiting for ack
+    DELAYED = "delayed"  # nacked, waiting for its redelivery time
+    DONE = "done"
+
+
+class Pending:
+    __slots__ = ("attempt", "due", "member", "msg", "phase")
+
+    def __init__(self, msg: f.Msg) -> None:
+        self.msg = msg
+        self.attempt = 0
+        self.member: Subscription | None = None
+        self.due = 0.0
+        self.phase = Phase.READY
+
+
+class TopicState:
+    __slots__ = ("acked", "caught_up", "outstanding", "read_through")
+
+    def __init__(self, read_through: int, acked: list[int] | None = None) -> None:
+        self.read_through = read_through
+        self.outstanding: set[int] = set()
+        self.acked: set[int] = set(acked or ())
+        self.caught_up = False
+
+    def cursor(self) -> TopicCursor:
+        floor = min(self.outstanding) - 1 if self.outstanding else self.read_through
+        self.acked = {o for o in self.acked if o > floor}
+        return TopicCursor(floor=floor, acked=sorted(self.acked))
+
+
+class Consumer:
+    """One durable consumer (``acks=True``) or one replay reader (``acks=False``)."""
+
+    def __init__(
+        self,
+        registry: Consumers,
+        key: str,
+        pattern: str,
+        policy: NamespacePolicy,
+        acks: bool,
+        start: f.Start | None,
+        saved: CursorState | None = None,
+    ) -> None:
+        self.registry = registry
+        self.engine = registry.engine
+        self.key = key
+        self.name = key.split("\x00")[1] if acks else ""
+        self.pattern = pattern
+        self.policy = policy
+        self.acks = acks
+        self.members: list[Subscription] = []
+        self.topics: dict[str, TopicState] = {}
+        self.pending: dict[tuple[str, int], Pending] = {}
+        self.ready: deque[Pending] = deque()
+        self.timers: list[tuple[float, int, Pending]] = []
+        self.lagging: deque[str] = deque()
+        self.cursor_dirty = False
+        self._rr = 0
+        for topic, cur in (saved.topics if saved else {}).items():
+            self._track(topic, TopicState(cur.floor, cur.acked))
+        for topic in self.engine.topics():
+            if topic not in self.topics and matches(pattern, topic):
+                self._track(topic, TopicState(self._start_offset(topic, start)))
+        self.cursor_dirty = acks
+
+    def _start_offset(self, topic: str, start: f.Start | None) -> int:
+        if start is None or start == "earliest":
+            return self.engine.trimmed_through(topic)
+        if start == "latest":
+            return self.engine.head(topic)
+        if start.offset is not None:
+            return start.offset
+        if start.time is not None:
+            return self.engine.offset_at_time(topic, start.time)
+        return self.engine.trimmed_through(topic)
+
+    def _track(self, topic: str, state: TopicState) -> None:
+        self.topics[topic] = state
+        self.lagging.append(topic)
+
+    # -- members ------------------------------------------------------------
+
+    def attach(self, member: Subscription) -> None:
+        self.members.append(member)
+        self.schedule()
+
+    def detach(self, member: Subscription) -> None:
+        """A member left: what it held unacked goes to the others (or waits for one)."""
+        self.members.remove(member)
+        for p in self.pending.values():
+            if p.member is member and p.phase is Phase.INFLIGHT:
+                p.phase, p.member = Phase.READY, None
+                self.ready.appendleft(p)
+        self.schedule()
+
+    def _has_room(self, m: Subscription) -> bool:
+        if m.conn.write_paused:
+            return False
+        if self.acks:
+            return m.inflight < m.max_inflight
+        return m.conn.session.pending_bytes < READER_WINDOW
+
+    def _next_member(self) -> Subscription | None:
+        n = len(self.members)
+        for i in range(n):
+            m = self.members[(self._rr + i) % n]
+            if self._has_room(m):
+                self._rr = (self._rr + i + 1) % n
+                return m
+        return None
+
+    # -- the flow of messages ---------------------------------------------------
+
+    def on_commit(self, msg: f.Msg) -> None:
+        """A message was committed to a topic this consumer's pattern matches."""
+        state = self.topics.get(msg.topic)
+        if state is None:  # a topic born after the consumer: from its beginning
+            self._track(msg.topic, state := TopicState(0))
+        if state.caught_up and msg.offset is not None and msg.offset > state.read_through:
+            if len(self.ready) < READ_BATCH * max(1, len(self.members)):
+                state.read_through = msg.offset
+                self._take(state, msg)
+            else:  # too much waiting already: read it from the log later
+                state.caught_up = False
+                self.lagging.append(msg.topic)
+        self.schedule()
+
+    def _take(self, state: TopicState, msg: f.Msg) -> None:
+        assert msg.offset is not None
+        if msg.offset in state.acked:
+            return
+        p = Pending(msg)
+        if self.acks:
+            state.outstanding.add(msg.offset)
+            self.pending[(msg.topic, msg.offset)] = p
+        self.ready.append(p)
+
+    def _read_more(self, first: Subscription) -> bool:
+        """Read the next batch of a lagging topic; False when every topic is caught up."""
+        while self.lagging:
+            topic = self.lagging[0]
+            state = self.topics[topic]
+            trimmed = self.engine.trimmed_through(topic)
+            if state.read_through < trimmed:
+                first.deliver_gap(topic, state.read_through + 1, trimmed, "retention")
+                state.read_through = trimmed
+                self.cursor_dirty = self.acks
+            msgs = self.engine.read(topic, state.read_through, READ_BATCH)
+            for msg in msgs:
+                self._take(state, msg)
+            if msgs:
+                assert msgs[-1].offset is not None
+                state.read_through = msgs[-1].offset
+            if len(msgs) < READ_BATCH:
+                state.caught_up = True
+                self.lagging.popleft()
+            if msgs:
+                return True
+        return False
+
+    def schedule(self) -> None:
+        self.registry.schedule(self)
+
+    def pump(self) -> None:
+        """Deliver what is ready, reading the log as needed, while members have room."""
+        while self.members:
+            member = self._next_member()
+            if member is None:
+                return
+            if not self.ready and not self._read_more(member):
+                return
+            if not self.ready:
+                continue
+            p = self.ready.popleft()
+            if p.phase is Phase.DONE:
+                continue
+            self._deliver(p, member)
+            if not self.acks and member.conn.session.pending_bytes >= READER_WINDOW:
+                self.schedule()  # after this turn's flush empties the buffer
+
+    def _deliver(self, p: Pending, member: Subscription) -> None:
+        p.attempt += 1
+        member.deliver(msgspec.structs.replace(p.msg, attempt=p.attempt))
+        if not self.acks:
+            p.phase = Phase.DONE
+            return
+        p.member, p.phase = member, Phase.INFLIGHT
+        member.inflight += 1
+        self._arm(p, time.monotonic() + self.policy.ack_wait_ms / 1000)
+
+    def _arm(self, p: Pending, due: float) -> None:
+        p.due = due
+        heapq.heappush(self.timers, (due, next(_seq), p))
+        self.registry.watch(self)
+
+    # -- acks -----------------------------------------------------------------
+
+    def _settle(self, member: Subscription, topic: str, offset: int) -> Pending | None:
+        p = self.pending.get((topic, offset))
+        if p is None or p.phase is not Phase.INFLIGHT or p.member is not member:
+            return None  # late, duplicate, or for another member: nothing to do
+        member.inflight -= 1
+        p.member = None
+        return p
+
+    def ack(self, member: Subscription, topic: str, offset: int) -> None:
+        if self._settle(member, topic, offset) is not None:
+            self._done(topic, offset)
+        self.schedule()
+
+    def nack(self, member: Subscription, topic: str, offset: int, delay_ms: int) -> None:
+        p = self._settle(member, topic, offset)
+        if p is not None:
+            self._retry(p, "nacked", delay_ms * 2 ** (p.attempt - 1))
+        self.schedule()
+
+    def _retry(self, p: Pending, why: str, delay_ms: float) -> None:
+        if p.attempt >= self.policy.max_deliver:
+            self.registry.dead_letter(self, p, f"{why} {p.attempt} times (max_deliver)")
+            return
+        delay = min(delay_ms, MAX_BACKOFF_MS)
+        if delay <= 0:
+            p.phase = Phase.READY
+            self.ready.append(p)
+        else:
+            p.phase = Phase.DELAYED
+            self._arm(p, time.monotonic() + delay / 1000)
+
+    def _done(self, topic: str, offset: int) -> None:
+        p = self.pending.pop((topic, offset), None)
+        if p is not None:
+            p.phase = Phase.DONE
+        state = self.topics[topic]
+        state.outstanding.discard(offset)
+        state.acked.add(offset)
+        self.cursor_dirty = True
+
+    def dead_lettered(self, p: Pending) -> None:
+        """The dead letter of ``p`` is durable: count ``p`` as acknowledged."""
+        assert p.msg.offset is not None
+        self._done(p.msg.topic, p.msg.offset)
+        self.schedule()
+
+    def tick(self, now: float) -> bool:
+        """Fire due timers; return whether any remain."""
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            due, _, p = heapq.heappop(timers)
+            if p.due != due:
+                continue  # superseded by a later arming
+            if p.phase is Phase.INFLIGHT:
+                assert p.member is not None
+                p.member.inflight -= 1
+                p.member = None
+                self._retry(p, "not acked within ack_wait", 0)
+            elif p.phase is Phase.DELAYED:
+                p.phase = Phase.READY
+                self.ready.append(p)
+        self.schedule()
+        return bool(timers)
+
+    def cursor(self) -> CursorState:
+        self.cursor_dirty = False
+        return CursorState(topics={t: s.cursor() for t, s in self.topics.items() if is_durable(t)})

@@ -1,0 +1,206 @@
+"""The gateway's registry of consumers: lookup, commit routing, timers, cursors, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from tidings.config import Settings
+from tidings.engine.base import Engine
+from tidings.errors import NotSupported
+from tidings.gateway.consumer import Consumer, Pending, Phase
+from tidings.gateway.router import Router
+from tidings.protocol import frames as f
+from tidings.protocol.topics import DURABLE_NAMESPACES, validate_topic
+
+if TYPE_CHECKING:
+    from tidings.gateway.connection import Subscription
+
+log = logging.getLogger("tidings.gateway")
+
+TICK_S = 0.02
+SAVE_EVERY_S = 0.2
+IDLE_EVICT_S = 600.0
+
+
+def consumer_key(agent: str, name: str, pattern: str) -> str:
+    return f"{agent}\x00{name}\x00{pattern}"
+
+
+class Consumers:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.router: Router[Consumer] = Router()
+        self.by_key: dict[str, Consumer] = {}
+        self._idle_since: dict[str, float] = {}
+        self._scheduled: dict[Consumer, None] = {}
+        self._pump_pending = False
+        self._watched: set[Consumer] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.dead_letters = 0
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._timers(), name="tidings-consumer-timers"),
+            asyncio.create_task(self._saver(), name="tidings-cursor-saver"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.save(everything=True)
+
+    # -- membership ---------------------------------------------------------
+
+    def join(self, member: Subscription, sub: f.Sub, agent: str) -> Consumer:
+        """Attach ``member`` to its durable consumer (created or resumed) or to a new reader.
+
+        Raises ``NotSupported`` when the pattern can only reach ephemeral topics.
+        """
+        first = member.pattern.split("/", 1)[0]
+        if first not in DURABLE_NAMESPACES and first not in ("*", ">"):
+            raise NotSupported(f"{member.pattern!r} is ephemeral: it has no history to replay or ack")
+        policy = self.settings.policy(member.pattern if first in DURABLE_NAMESPACES else "conv/_/_")
+        if sub.consumer is None:
+            consumer = Consumer(self, f"reader\x00{id(member)}", member.pattern, policy, False, sub.start)
+            self.router.add(consumer)
+        else:
+            key = consumer_key(agent, sub.consumer, member.pattern)
+            existing = self.by_key.get(key)
+            if existing is not None:
+                consumer = existing
+            else:
+                saved = self.engine.load_cursor(key)
+                start = sub.start if not saved.topics else None
+                consumer = Consumer(self, key, member.pattern, policy, True, start, saved)
+                self.by_key[key] = consumer
+                self.router.add(consumer)
+            self._idle_since.pop(key, None)
+        if sub.ack_wait_ms:
+            consumer.policy = msgspec.structs.replace(consumer.policy, ack_wait_ms=max(1, sub.ack_wait_ms))
+        member.max_inflight = max(1, sub.max_inflight or consumer.policy.max_inflight)
+        consumer.attach(member)
+        return consumer
+
+    def leave(self, member: Subscription) -> None:
+        consumer = member.consumer
+        if consumer is None:
+            return
+        consumer.detach(member)
+        if not consumer.acks:
+            self.router.remove(consumer)
+        elif not consumer.members:
+            self._idle_since[consumer.key] = time.monotonic()
+
+    # -- events -------------------------------------------------------------
+
+    def on_commit(self, msg: f.Msg) -> None:
+        for consumer in self.router.match(msg.topic):
+            consumer.on_commit(msg)
+
+    def schedule(self, consumer: Consumer) -> None:
+        """Pump ``consumer`` at the end of this loop turn (once however often asked)."""
+        self._scheduled[consumer] = None
+        if not self._pump_pending:
+            self._pump_pending = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_pending = False
+        scheduled, self._scheduled = self._scheduled, {}
+        for consumer in scheduled:
+            try:
+                consumer.pump()
+            except Exception:
+                log.exception("delivery for consumer %r failed", consumer.key)
+
+    def watch(self, consumer: Consumer) -> None:
+        self._watched.add(consumer)
+
+    async def _timers(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            for consumer in list(self._watched):
+                if not consumer.tick(now):
+                    self._watched.discard(consumer)
+
+    # -- dead letters -------------------------------------------------------
+
+    def dead_letter(self, consumer: Consumer, p: Pending, reason: str) -> None:
+        """Append ``p`` to ``dlq/<topic>`` with the reason; ack it once that is durable."""
+        p.phase = Phase.DELAYED
+        msg = p.msg
+        topic = f"dlq/{msg.topic}"
+        try:
+            validate_topic(topic, max_length=self.settings.max_topic_length + 4)
+        except Exception:
+            topic = "dlq/_/overlong"
+        headers = {
+            **msg.headers,
+            "tidings-dlq-reason": reason,
+            "tidings-dlq-topic": msg.topic,
+            "tidings-dlq-offset": str(msg.offset),
+            "tidings-dlq-consumer": consumer.name,
+            "tidings-dlq-attempts": str(p.attempt),
+        }
+        letter = f.Msg(
+            topic=topic,
+            id=f"{consumer.key.replace(chr(0), '/')}/{msg.id}",
+            sender=msg.sender,
+            ts=msg.ts,
+            body=msg.body,
+            parent=msg.parent,
+            lamport=msg.lamport,
+            headers=headers,
+        )
+
+        def done(task: asyncio.Task[object]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                log.error("dead letter to %s failed: %s; will retry", topic, task.exception())
+                p.phase = Phase.DELAYED
+                consumer._arm(p, time.monotonic() + 1.0)
+                return
+            self.dead_letters += 1
+            consumer.dead_lettered(p)
+
+        asyncio.ensure_future(self.engine.publish(letter)).add_done_callback(done)
+
+    # -- cursors ------------------------------------------------------------
+
+    async def _saver(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_EVERY_S)
+            try:
+                await self.save()
+            except Exception:
+                log.exception("saving consumer cursors failed; will retry")
+            self._evict_idle()
+
+    async def save(self, everything: bool = False) -> None:
+        """Make dirty cursors durable (all of them with ``everything``)."""
+        states = {
+            key: c.cursor() for key, c in self.by_key.items() if c.acks and (c.cursor_dirty or everything)
+        }
+        if states:
+            await self.engine.save_cursors(states)
+
+    def _evict_idle(self) -> None:
+        now = time.monotonic()
+        for key, since in list(self._idle_since.items()):
+            consumer = self.by_key.get(key)
+            if consumer is None or consumer.members:
+                self._idle_since.pop(key, None)
+            elif now - since > IDLE_EVICT_S and not consumer.cursor_dirty and not consumer.pending:
+                self.router.remove(consumer)
+                self._watched.discard(consumer)
+                del self.by_key[key]
+                del self._idle_since[key]
