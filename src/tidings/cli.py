@@ -157,6 +157,59 @@ def sub(
     _guard(run)
 
 
+@app.command()
+def replay(
+    topic: str,
+    from_: Annotated[int, typer.Option("--from", help="Print messages after this offset.")] = 0,
+    url: URLOpt = "ws://127.0.0.1:7700/",
+    token_: Annotated[str | None, typer.Option("--token", envvar="TIDINGS_TOKEN")] = None,
+) -> None:
+    """Print a durable topic's history after an offset as JSON lines, then exit."""
+
+    async def run() -> None:
+        import msgspec
+
+        from tidings.sdk import connect
+
+        async with connect(url, token_, name="tidings-cli") as agent:
+            sub = await agent.subscribe(topic, start=from_)
+            if not sub.head or sub.head <= from_:
+                return
+            async for msg in sub:
+                sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
+                if msg.offset is not None and msg.offset >= sub.head:
+                    break
+            sys.stdout.flush()
+
+    _guard(run)
+
+
+@app.command()
+def tail(
+    pattern: str,
+    url: URLOpt = "ws://127.0.0.1:7700/",
+    token_: Annotated[str | None, typer.Option("--token", envvar="TIDINGS_TOKEN")] = None,
+    count: Annotated[int, typer.Option(help="Stop after this many messages (0: never).")] = 0,
+) -> None:
+    """Follow a durable topic or pattern from now on, as JSON lines (with offsets)."""
+
+    async def run() -> None:
+        import msgspec
+
+        from tidings.sdk import connect
+
+        async with connect(url, token_, name="tidings-cli") as agent:
+            seen = 0
+            async for msg in agent.subscribe(pattern, start="latest"):
+                sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
+                sys.stdout.flush()
+                seen += 1
+                if count and seen >= count:
+                    return
+
+    _guard(run)
+
+
 def _guard(run: Any) -> None:
     try:
         _run(run())

@@ -51,10 +51,13 @@ class Subscription:
     at-most-once).
     """
 
-    def __init__(self, agent: Agent, pattern: str, queue_size: int) -> None:
+    def __init__(self, agent: Agent, pattern: str, queue_size: int, start: f.Start | None = None) -> None:
         self.agent = agent
         self.pattern = pattern
+        self.start = start
         self.sid: int | None = None
+        #: for a replay of one topic: its last offset when the subscription began
+        self.head: int | None = None
         self.dropped = 0
         self._queue: deque[f.Msg] = deque(maxlen=queue_size)
         self._ready = asyncio.Event()
@@ -142,6 +145,7 @@ class Agent:
         self._rids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._subs: dict[int, Subscription] = {}
+        self._subscribing: dict[int, Subscription] = {}
         self._welcome: asyncio.Future[f.Welcome] | None = None
         self._flush_scheduled = False
         self._closed = asyncio.Event()
@@ -191,18 +195,28 @@ class Agent:
 
     # -- requests ---------------------------------------------------------
 
-    def subscribe(self, pattern: str, queue_size: int | None = None) -> Subscription:
-        """Subscribe to a topic or pattern (live, at-most-once).
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        start: f.Start | int | None = None,
+        queue_size: int | None = None,
+    ) -> Subscription:
+        """Subscribe to a topic or pattern.
 
-        Iterate the result (``async for msg in agent.subscribe(...)``) or await
-        it first to know the server has the subscription.
+        Without ``start`` the subscription is live (from now, at-most-once).
+        With ``start`` (``"earliest"``, ``"latest"``, an offset to read after,
+        or a ``Position``) it first replays the durable log from there, then
+        continues live with no gap. Iterate the result (``async for msg in
+        agent.subscribe(...)``) or await it first to know the server has it.
         """
-        return Subscription(self, pattern, queue_size or self.queue_size)
+        position = f.Position(offset=start) if isinstance(start, int) else start
+        return Subscription(self, pattern, queue_size or self.queue_size, position)
 
     async def _subscribe(self, sub: Subscription) -> None:
-        subbed: f.Subbed = await self._request(f.Sub(topic=sub.pattern))
-        sub.sid = subbed.sid
-        self._subs[subbed.sid] = sub
+        # The subscription is registered by rid before the request leaves, because
+        # the first deliveries can arrive in the same batch as ``subbed``.
+        await self._request(f.Sub(topic=sub.pattern, start=sub.start), registering=sub)
 
     async def publish(
         self,
@@ -233,11 +247,13 @@ class Agent:
         self._send(f.Pub(topic=topic, body=body, id=msg_id, parent=parent, lamport=self.lamport))
         return msg_id
 
-    async def _request(self, frame: Any) -> Any:
+    async def _request(self, frame: Any, registering: Subscription | None = None) -> Any:
         if not self.is_open:
             raise ConnectionLost(self.close_reason or "not connected")
         rid = next(self._rids)
         frame.rid = rid
+        if registering is not None:
+            self._subscribing[rid] = registering
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         self._send(frame)
@@ -245,6 +261,7 @@ class Agent:
             return await fut
         finally:
             self._pending.pop(rid, None)
+            self._subscribing.pop(rid, None)
 
     def _send(self, frame: Any) -> None:
         self._session.send(frame)
@@ -289,6 +306,10 @@ class Agent:
                 sub.dropped += frame.count
         else:
             rid = getattr(frame, "rid", None)
+            if isinstance(frame, f.Subbed) and rid in self._subscribing:
+                sub = self._subscribing.pop(rid)
+                sub.sid, sub.head = frame.sid, frame.head
+                self._subs[frame.sid] = sub
             fut = self._pending.get(rid) if rid is not None else None
             if fut is not None and not fut.done():
                 fut.set_result(frame)
