@@ -225,12 +225,39 @@ def demo(
     agents: Annotated[int, typer.Option(help="Simulated agents.")] = 120,
     conversations: Annotated[int, typer.Option(help="Conversations they talk in.")] = 12,
     duration: Annotated[float, typer.Option(help="Seconds to run.")] = 20.0,
-    rate: Annotated[float, typer.Option(help="Messages per second per agent.")] = 5.0,
+    rate: Annotated[float, typer.Option(help="Messages per second per agent.")] = 2.0,
+    crash: Annotated[bool, typer.Option(help="Kill the server with SIGKILL halfway and restart it.")] = True,
 ) -> None:
-    """Start an embedded server and a swarm of agents; show live figures; summarise."""
+    """Run a server and a swarm of agents in durable conversations; crash it midway; summarise."""
     from tidings.demo import run_demo
 
-    _run(run_demo(agents=agents, conversations=conversations, duration=duration, rate=rate))
+    figures = _run(
+        run_demo(agents=agents, conversations=conversations, duration=duration, rate=rate, crash=crash)
+    )
+    if figures.missing:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    workload: Annotated[str, typer.Argument(help="w2: durable publish.")],
+    publishers: Annotated[int, typer.Option(help="Concurrent publishers (w2).")] = 32,
+    duration: Annotated[float, typer.Option(help="Seconds to measure.")] = 5.0,
+    body_bytes: Annotated[int, typer.Option(help="Message body size.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run one benchmark workload against a fresh local server and print its figures."""
+    if workload != "w2":
+        typer.echo(f"error: unknown workload {workload!r} (available: w2)", err=True)
+        raise typer.Exit(2)
+    from tidings.bench import w2
+
+    result = w2.run(publishers=publishers, duration=duration, body_bytes=body_bytes)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}  {value}")
 
 
 def main() -> None:

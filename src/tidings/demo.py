@@ -1,17 +1,26 @@
-"""``tidings demo``: an embedded server and a swarm of agents talking in conversations.
+"""``tidings demo``: a swarm of agents talking in durable conversations, and a crash.
 
-Every agent is a real WebSocket client (the SDK) connected to a real gateway
-on loopback. Agents in one conversation subscribe to it with a wildcard and
-take turns: a planner proposes, researchers and coders answer (``parent`` set
-to the message they answer), critics object. The screen shows live figures:
-messages published and delivered per second, and publish-to-receive latency
-percentiles measured in the receiving agent.
+The demo starts ``tidings serve`` (the embedded engine: the on-disk log, one
+process) and connects every agent over WebSocket with the SDK. Agents in one
+conversation (``conv/team-N/chat``) are durable consumers of it: they take
+turns publishing (each publish waits for its ``puback``, which means the
+message is on disk), and ack everything they hear.
+
+Halfway through, the demo kills the server with SIGKILL and restarts it on the
+same data directory. Agents reconnect, resume from their cursors, and retry
+the publish that was in flight with the same id (so it is stored once). At the
+end the demo checks that every acknowledged message reached every member of
+its conversation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections import deque
@@ -24,8 +33,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from tidings.auth import Authority
-from tidings.config import Settings
-from tidings.gateway import Gateway
+from tidings.errors import TidingsError
 from tidings.sdk import Agent, connect
 
 ROLES = ("planner", "researcher", "coder", "critic", "writer")
@@ -41,133 +49,247 @@ LINES = {
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
-    i = min(len(sorted_values) - 1, int(q * len(sorted_values)))
-    return sorted_values[i]
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 @dataclass
 class Figures:
     published: int = 0
     delivered: int = 0
+    reconnects: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     window: list[float] = field(default_factory=list)
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+    events: list[str] = field(default_factory=list)
+    #: conversation -> ids acknowledged by the server
+    acked: dict[str, set[str]] = field(default_factory=dict)
+    #: agent -> ids it received
+    heard: dict[str, set[str]] = field(default_factory=dict)
+    missing: int = 0
+    redelivered: int = 0
 
 
-async def _agent_loop(
-    agent: Agent,
-    conv: str,
-    role: str,
-    rate: float,
-    stop: asyncio.Event,
-    figures: Figures,
-) -> None:
-    sub = await agent.subscribe(f"{conv}/>")
-    last_seen: list[str] = []
+class Server:
+    """``tidings serve`` as a child process on a fixed port, so it can be killed and restarted."""
 
-    async def listen() -> None:
-        async for msg in sub:
-            figures.delivered += 1
-            if isinstance(msg.body, dict) and "t" in msg.body:
-                ms = (time.perf_counter_ns() - int(msg.body["t"])) / 1e6
-                figures.latencies_ms.append(ms)
-                figures.window.append(ms)
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir, self.port = data_dir, port
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "tidings",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if re.search(r"listening on", line):
+                return
+        raise RuntimeError("tidings serve did not start")
+
+    def kill(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class DemoAgent:
+    def __init__(self, name: str, conv: str, role: str, url: str, token: str, figures: Figures) -> None:
+        self.name, self.conv, self.role = name, conv, role
+        self.url, self.token, self.figures = url, token, figures
+        self.rng = random.Random(name)
+        self.pending: tuple[str, dict[str, object]] | None = None
+        self.seq = 0
+        self.last_heard: str | None = None
+        figures.heard[name] = set()
+        figures.acked.setdefault(conv, set())
+
+    async def run(self, rate: float, talking: asyncio.Event, done: asyncio.Event) -> None:
+        """Talk while ``talking`` is set, listen until ``done``; reconnect whenever the server goes."""
+        while not done.is_set():
+            agent = connect(self.url, self.token, name=self.name)
+            try:
+                await agent.open()
+                sub = await agent.subscribe(f"{self.conv}/>", consumer=self.name, start="earliest")
+                listener = asyncio.create_task(self._listen(agent, sub))
+                while talking.is_set() and not listener.done():
+                    await asyncio.sleep(self.rng.expovariate(rate))
+                    if talking.is_set():
+                        await self._publish(agent)
+                await asyncio.wait(
+                    [listener, asyncio.create_task(done.wait())], return_when="FIRST_COMPLETED"
+                )
+                listener.cancel()
+            except (TidingsError, OSError, TimeoutError):
+                self.figures.reconnects += 1
+                await asyncio.sleep(0.2 + self.rng.random() * 0.3)
+            finally:
+                await agent.close()
+
+    async def _publish(self, agent: Agent) -> None:
+        if self.pending is None:  # a publish that failed is retried with the same id
+            self.seq += 1
+            text = self.rng.choice(LINES[self.role])
+            self.pending = (f"{self.name}-{self.seq}", {"role": self.role, "text": text, "t": 0})
+        msg_id, body = self.pending
+        body["t"] = time.perf_counter_ns()
+        await agent.publish(f"{self.conv}/chat", body, id=msg_id, parent=self.last_heard)
+        self.figures.acked[self.conv].add(msg_id)
+        self.pending = None
+        self.figures.published += 1
+        if self.rng.random() < 0.02:
+            self.figures.recent.append(f"[cyan]{self.conv}[/] [bold]{self.name}[/]: {body['text']}")
+
+    async def _listen(self, agent: Agent, sub: object) -> None:
+        heard = self.figures.heard[self.name]
+        async for msg in sub:  # type: ignore[attr-defined]
+            if msg.id in heard:
+                self.figures.redelivered += 1
+            else:
+                heard.add(msg.id)
+                self.figures.delivered += 1
+                if isinstance(msg.body, dict) and isinstance(msg.body.get("t"), int):
+                    ms = (time.perf_counter_ns() - msg.body["t"]) / 1e6
+                    self.figures.latencies_ms.append(ms)
+                    self.figures.window.append(ms)
             if msg.sender != agent.agent_id:
-                last_seen.append(msg.id)
-                del last_seen[:-4]
+                self.last_heard = msg.id
+            agent.ack(msg)
 
-    listener = asyncio.create_task(listen())
-    rng = random.Random(hash(agent.agent_id))
-    try:
-        while not stop.is_set():
-            await asyncio.sleep(rng.expovariate(rate))
-            if stop.is_set():
-                break
-            text = rng.choice(LINES[role])
-            parent = last_seen[-1] if last_seen and rng.random() < 0.5 else None
-            body = {"role": role, "text": text, "t": time.perf_counter_ns()}
-            agent.publish_nowait(f"{conv}/chat", body, parent=parent)
-            figures.published += 1
-            if rng.random() < 0.02:
-                figures.recent.append(f"[cyan]{conv}[/] [bold]{agent.agent_id}[/]: {text}")
-    finally:
-        listener.cancel()
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _view(figures: Figures, started: float, duration: float, agents: int, conversations: int) -> Group:
     elapsed = max(1e-9, time.monotonic() - started)
     window = sorted(figures.window)
-    table = Table(title="tidings demo: live figures", expand=False)
-    for col in ("agents", "conversations", "published/s", "delivered/s", "p50 ms", "p99 ms", "elapsed"):
+    table = Table(title="tidings demo: durable conversations, live figures")
+    for col in ("agents", "convs", "published/s", "delivered/s", "p50 ms", "p99 ms", "reconnects", "elapsed"):
         table.add_column(col, justify="right")
     table.add_row(
         str(agents),
         str(conversations),
         f"{figures.published / elapsed:,.0f}",
         f"{figures.delivered / elapsed:,.0f}",
-        f"{percentile(window, 0.50):.2f}",
-        f"{percentile(window, 0.99):.2f}",
+        f"{percentile(window, 0.50):.1f}",
+        f"{percentile(window, 0.99):.1f}",
+        str(figures.reconnects),
         f"{elapsed:.0f}/{duration:.0f} s",
     )
     talk = Panel("\n".join(figures.recent) or "...", title="overheard in conversations")
-    return Group(table, talk)
+    events = Panel("\n".join(figures.events[-4:]) or "...", title="server events")
+    return Group(table, talk, events)
+
+
+def _verify(figures: Figures, members: dict[str, list[str]]) -> None:
+    figures.missing = sum(
+        len(ids - figures.heard[name]) for conv, ids in figures.acked.items() for name in members[conv]
+    )
 
 
 async def run_demo(
     agents: int = 120,
     conversations: int = 12,
     duration: float = 20.0,
-    rate: float = 5.0,
+    rate: float = 2.0,
     console: Console | None = None,
+    crash: bool = True,
 ) -> Figures:
     """Run the demo and return its figures (the test suite calls this directly)."""
     console = console or Console()
-    data_dir = tempfile.mkdtemp(prefix="tidings-demo-")
-    authority = Authority.from_data_dir(Path(data_dir))
-    gateway = Gateway(Settings(port=0, data_dir=data_dir), authority)
-    await gateway.start()
-    console.print(f"[bold]tidings[/] gateway on {gateway.url}  (data in {data_dir})")
-    console.print(f"connecting {agents} agents into {conversations} conversations...")
+    data_dir = Path(tempfile.mkdtemp(prefix="tidings-demo-"))
+    authority = Authority.from_data_dir(data_dir)
+    server = Server(data_dir, _free_port())
+    server.start()
+    url = f"ws://127.0.0.1:{server.port}/"
+    console.print(
+        f"[bold]tidings[/] server (pid {server.proc.pid if server.proc else '?'}) on {url}, data in {data_dir}"
+    )
+    console.print(f"{agents} agents join {conversations} durable conversations (conv/team-N/chat)...")
 
     figures = Figures()
-    swarm: list[tuple[Agent, str, str]] = []
+    members: dict[str, list[str]] = {}
+    swarm: list[DemoAgent] = []
     for i in range(agents):
-        conv = f"sig/team-{i % conversations}"
+        conv = f"conv/team-{i % conversations}"
         role = ROLES[(i // conversations) % len(ROLES)]
         name = f"{role}-{i}"
-        token = authority.mint(name, pub=[f"{conv}/>"], subs=[f"{conv}/>"], ttl=600)
-        agent = connect(gateway.url, token, name=name)
-        await agent.open()
-        swarm.append((agent, conv, role))
+        token = authority.mint(name, pub=[f"{conv}/>"], subs=[f"{conv}/>"], ttl=3600)
+        swarm.append(DemoAgent(name, conv, role, url, token, figures))
+        members.setdefault(conv, []).append(name)
 
-    stop = asyncio.Event()
+    talking, done = asyncio.Event(), asyncio.Event()
+    talking.set()
     started = time.monotonic()
-    tasks = [asyncio.create_task(_agent_loop(a, c, r, rate, stop, figures)) for a, c, r in swarm]
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
-        while time.monotonic() - started < duration:
-            await asyncio.sleep(0.5)
+    tasks = [asyncio.create_task(a.run(rate, talking, done)) for a in swarm]
+    crashed = not crash
+    try:
+        with Live(console=console, refresh_per_second=4) as live:
+            while time.monotonic() - started < duration:
+                await asyncio.sleep(0.5)
+                if not crashed and time.monotonic() - started > duration / 2:
+                    crashed = True
+                    server.kill()
+                    at = time.monotonic() - started
+                    figures.events.append(f"[red]{at:.1f} s: server killed with SIGKILL[/] mid-stream")
+                    t0 = time.monotonic()
+                    await asyncio.to_thread(server.start)
+                    figures.events.append(
+                        f"[green]server restarted in {time.monotonic() - t0:.2f} s[/]; agents reconnect and resume"
+                    )
+                live.update(_view(figures, started, duration, agents, conversations))
+                figures.window.clear()
+            talking.clear()
+            await asyncio.sleep(1.0)  # publishes in flight finish (each waits for its puback)
+            for _ in range(40):  # then the last deliveries arrive
+                _verify(figures, members)
+                if not figures.missing:
+                    break
+                await asyncio.sleep(0.25)
             live.update(_view(figures, started, duration, agents, conversations))
-            figures.window.clear()
-    console.print()
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for agent, _, _ in swarm:
-        await agent.close()
-    await gateway.stop()
+        console.print()
+        done.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        _verify(figures, members)
+    finally:
+        server.stop()
 
     lat = sorted(figures.latencies_ms)
     elapsed = time.monotonic() - started
+    acked = sum(len(ids) for ids in figures.acked.values())
     summary = Table(title="summary")
     summary.add_column("figure")
     summary.add_column("value", justify="right")
     summary.add_row("agents / conversations", f"{agents} / {conversations}")
-    summary.add_row("messages published", f"{figures.published:,}")
-    summary.add_row("deliveries", f"{figures.delivered:,}")
+    summary.add_row("messages acknowledged (on disk)", f"{acked:,}")
+    summary.add_row("deliveries (distinct, per member)", f"{figures.delivered:,}")
     summary.add_row("deliveries/s", f"{figures.delivered / elapsed:,.0f}")
-    summary.add_row(
-        "latency p50 / p99 / max ms",
-        f"{percentile(lat, 0.5):.2f} / {percentile(lat, 0.99):.2f} / {lat[-1] if lat else 0:.2f}",
+    summary.add_row("latency p50 / p99 ms", f"{percentile(lat, 0.5):.1f} / {percentile(lat, 0.99):.1f}")
+    summary.add_row("server crashes / agent reconnects", f"{1 if crash else 0} / {figures.reconnects}")
+    summary.add_row("redeliveries after the crash (at-least-once)", f"{figures.redelivered:,}")
+    verdict = (
+        "[green]0: every acknowledged message reached every member[/]"
+        if not figures.missing
+        else (f"[red]{figures.missing}[/]")
     )
-    summary.add_row("gateway WebSocket writes", f"{gateway.stats.messages_out:,}")
+    summary.add_row("acknowledged but not delivered", verdict)
     console.print(summary)
     return figures

@@ -51,10 +51,18 @@ class Subscription:
     at-most-once).
     """
 
-    def __init__(self, agent: Agent, pattern: str, queue_size: int, start: f.Start | None = None) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        pattern: str,
+        queue_size: int,
+        start: f.Start | None = None,
+        consumer: str | None = None,
+    ) -> None:
         self.agent = agent
         self.pattern = pattern
         self.start = start
+        self.consumer = consumer
         self.sid: int | None = None
         #: for a replay of one topic: its last offset when the subscription began
         self.head: int | None = None
@@ -200,6 +208,7 @@ class Agent:
         pattern: str,
         *,
         start: f.Start | int | None = None,
+        consumer: str | None = None,
         queue_size: int | None = None,
     ) -> Subscription:
         """Subscribe to a topic or pattern.
@@ -207,16 +216,19 @@ class Agent:
         Without ``start`` the subscription is live (from now, at-most-once).
         With ``start`` (``"earliest"``, ``"latest"``, an offset to read after,
         or a ``Position``) it first replays the durable log from there, then
-        continues live with no gap. Iterate the result (``async for msg in
+        continues live with no gap. With ``consumer`` it is durable: the server
+        keeps a cursor for (this agent, consumer, pattern) and redelivers what
+        is not acknowledged with ``agent.ack(msg)``; ``start`` then applies only
+        the first time. Iterate the result (``async for msg in
         agent.subscribe(...)``) or await it first to know the server has it.
         """
         position = f.Position(offset=start) if isinstance(start, int) else start
-        return Subscription(self, pattern, queue_size or self.queue_size, position)
+        return Subscription(self, pattern, queue_size or self.queue_size, position, consumer)
 
     async def _subscribe(self, sub: Subscription) -> None:
         # The subscription is registered by rid before the request leaves, because
         # the first deliveries can arrive in the same batch as ``subbed``.
-        await self._request(f.Sub(topic=sub.pattern, start=sub.start), registering=sub)
+        await self._request(f.Sub(topic=sub.pattern, start=sub.start, consumer=sub.consumer), registering=sub)
 
     async def publish(
         self,
@@ -239,6 +251,16 @@ class Agent:
         )
         puback: f.Puback = await self._request(frame)
         return puback
+
+    def ack(self, msg: f.Msg) -> None:
+        """Acknowledge a message of a durable subscription (fire and forget)."""
+        if msg.sid is not None and msg.offset is not None and self.is_open:
+            self._send(f.Ack(sid=msg.sid, topic=msg.topic, offset=msg.offset))
+
+    def nack(self, msg: f.Msg, delay_ms: int = 0) -> None:
+        """Ask for a message of a durable subscription again after ``delay_ms`` (with backoff)."""
+        if msg.sid is not None and msg.offset is not None and self.is_open:
+            self._send(f.Nack(sid=msg.sid, topic=msg.topic, offset=msg.offset, delay_ms=delay_ms))
 
     def publish_nowait(self, topic: str, body: Any = None, *, parent: str | None = None) -> str:
         """Fire and forget: queue a publish without asking for a ``puback``; return its id."""

@@ -1,0 +1,69 @@
+"""Start a ``tidings serve`` process for a benchmark and measure its CPU time."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+
+def pin_to(core: int) -> None:
+    """Pin this process to one core when the machine has more than one."""
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {core})
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+class BenchServer:
+    """``with BenchServer() as server:`` runs ``tidings serve`` on core 0 in a fresh data dir."""
+
+    def __init__(self, env: dict[str, str] | None = None, data_dir: Path | None = None) -> None:
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tidings-bench-"))
+        cmd = [sys.executable, "-m", "tidings", "serve", "--port", "0", "--allow-anonymous"]
+        cmd += ["--data-dir", str(self.data_dir)]
+        if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+            cmd = ["taskset", "-c", "0", *cmd]
+        full_env = {**os.environ, "TIDINGS_LOG_LEVEL": "warning", **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=full_env)
+        assert self.proc.stdout is not None
+        self.url = ""
+        while not self.url:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("tidings serve exited before listening")
+            if m := re.search(r"listening on (ws://\S+)", line):
+                self.url = m.group(1)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server process has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> BenchServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
