@@ -9,7 +9,9 @@ from tidings.demo import run_demo
 
 async def test_demo_survives_a_sigkill_with_nothing_lost() -> None:
     out = io.StringIO()
-    figures = await run_demo(agents=30, conversations=5, duration=4.0, rate=4.0, console=Console(file=out))
+    figures = await run_demo(
+        agents=30, conversations=5, duration=4.0, rate=4.0, console=Console(file=out, width=200)
+    )
     acked = sum(len(ids) for ids in figures.acked.values())
     assert acked > 50
     assert figures.missing == 0, "every acknowledged message reached every member of its conversation"

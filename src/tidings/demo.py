@@ -95,7 +95,8 @@ class Server:
         raise RuntimeError("tidings serve did not start")
 
     def kill(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         self.proc.kill()
         self.proc.wait()
         self.proc.stdout.close()
@@ -220,9 +221,8 @@ async def run_demo(
     server = Server(data_dir, _free_port())
     server.start()
     url = f"ws://127.0.0.1:{server.port}/"
-    console.print(
-        f"[bold]tidings[/] server (pid {server.proc.pid if server.proc else '?'}) on {url}, data in {data_dir}"
-    )
+    pid = server.proc.pid if server.proc else "?"
+    console.print(f"[bold]tidings[/] server (pid {pid}) on {url}, data in {data_dir}")
     console.print(f"{agents} agents join {conversations} durable conversations (conv/team-N/chat)...")
 
     figures = Figures()
@@ -253,7 +253,7 @@ async def run_demo(
                     t0 = time.monotonic()
                     await asyncio.to_thread(server.start)
                     figures.events.append(
-                        f"[green]server restarted in {time.monotonic() - t0:.2f} s[/]; agents reconnect and resume"
+                        f"[green]restarted in {time.monotonic() - t0:.2f} s[/]; agents reconnect and resume"
                     )
                 live.update(_view(figures, started, duration, agents, conversations))
                 figures.window.clear()
