@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -145,3 +146,45 @@ def test_serve_refuses_bad_settings_clearly() -> None:
     )
     assert run.returncode == 2
     assert "invalid setting" in run.stderr
+
+
+def test_replay_prints_history_and_tail_follows(server: Server) -> None:
+    env = {**os.environ, "TIDINGS_URL": server.url, "TIDINGS_TOKEN": server.token}
+    offsets = []
+    for i in range(3):
+        pub = subprocess.run(
+            [*TIDINGS, "pub", "conv/team-1/log", f'{{"n": {i}}}'], env=env, capture_output=True, text=True
+        )
+        assert pub.returncode == 0, pub.stderr
+        offsets.append(json.loads(pub.stdout)["offset"])
+    assert offsets == sorted(offsets)
+    replay = subprocess.run(
+        [*TIDINGS, "replay", "conv/team-1/log", "--from", str(offsets[0])],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    lines = [json.loads(line) for line in replay.stdout.splitlines()]
+    assert [m["body"]["n"] for m in lines] == [1, 2]
+    assert [m["offset"] for m in lines] == offsets[1:]
+    tail = subprocess.Popen(
+        [*TIDINGS, "tail", "conv/team-1/>", "--count", "1"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for i in range(50):
+            subprocess.run([*TIDINGS, "pub", "conv/team-1/log", f'{{"late": {i}}}'], env=env, check=True,
+                           capture_output=True)  # fmt: skip
+            try:
+                out, _ = tail.communicate(timeout=0.5 * UNIT)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            pytest.fail("tail never printed a message")
+        line = json.loads(out.splitlines()[0])
+        assert "late" in line["body"], "tail starts from now, not from the history"
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait()
+        assert tail.stdout is not None
+        tail.stdout.close()
