@@ -303,3 +303,14 @@ async def test_empty_token_is_anonymous_when_allowed(authority: Authority) -> No
         await raw.close()
     finally:
         await gw.stop()
+
+
+async def test_msgpack_extension_types_are_refused(gateway: Gateway, token: str) -> None:
+    import msgspec
+
+    raw = await authed(gateway.url, token, "tidings.v1.msgpack")
+    frame = {"op": "pub", "topic": "sig/a/b", "body": msgspec.msgpack.Ext(5, b"xx"), "rid": 1}
+    await raw.ws.send(msgspec.msgpack.encode(frame))
+    err = await raw.recv()
+    assert err["code"] == "invalid_frame"
+    assert "extension type 5" in err["message"]

@@ -230,7 +230,17 @@ class Consumer:
 
     def _deliver(self, p: Pending, member: Subscription) -> None:
         p.attempt += 1
-        member.deliver(msgspec.structs.replace(p.msg, attempt=p.attempt))
+        try:
+            member.deliver(msgspec.structs.replace(p.msg, attempt=p.attempt))
+        except (TypeError, ValueError, OverflowError) as exc:
+            # A stored body this member's codec cannot carry: never deliverable, so
+            # dead-letter it (or, for a reader, report it as a gap) instead of retrying.
+            assert p.msg.offset is not None
+            if self.acks:
+                self.registry.dead_letter(self, p, f"cannot be encoded for the subscriber: {exc}")
+            else:
+                member.deliver_gap(p.msg.topic, p.msg.offset, p.msg.offset, "undeliverable")
+            return
         if not self.acks:
             p.phase = Phase.DONE
             return

@@ -51,7 +51,7 @@ class Codec(Generic[F]):
         self.max_frame_bytes = max_frame_bytes
         if self.binary:
             self._enc: msgspec.msgpack.Encoder | msgspec.json.Encoder = msgspec.msgpack.Encoder()
-            self._dec: Any = msgspec.msgpack.Decoder(incoming | list[incoming])
+            self._dec: Any = msgspec.msgpack.Decoder(incoming | list[incoming], ext_hook=_refuse_ext)
         else:
             self._enc = msgspec.json.Encoder()
             self._dec = msgspec.json.Decoder(incoming | list[incoming])
@@ -67,7 +67,7 @@ class Codec(Generic[F]):
             raise FrameTooLarge(f"message of {len(data)} bytes is over the limit of {self.max_frame_bytes}")
         try:
             decoded = self._dec.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError) as exc:
             raise InvalidFrame(f"undecodable {self.name} frame: {exc}") from None
         if isinstance(decoded, list):
             if len(decoded) > MAX_BATCH:
@@ -122,6 +122,12 @@ class Codec(Generic[F]):
                 header = b"\xdd" + n.to_bytes(4, "big")
             return header + b"".join(encoded)
         return b"[" + b",".join(encoded) + b"]"
+
+
+def _refuse_ext(code: int, data: memoryview) -> Any:
+    # Extension types have no JSON form: a body that holds one could not reach a
+    # JSON subscriber, so it is refused at the door.
+    raise ValueError(f"msgpack extension type {code} is not supported in frames")
 
 
 def server_codec(name: str, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Codec[ClientFrame]:
