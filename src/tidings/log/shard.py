@@ -1,0 +1,396 @@
+"""One shard of the log: a single writer task with group commit, the index, retention.
+
+Appends are encoded and queued in the event loop. One writer task per shard takes
+everything queued, frames it as one batch, and hands it to the shard's own writer
+thread for one write() and one fdatasync(). Appends that arrive meanwhile queue up
+and form the next batch: the slower the disk, the larger the batches.
+
+When a batch is durable, in one synchronous step of the event loop the shard (1)
+indexes its records, so read() and head() see them, (2) calls every append
+subscriber for each record in offset order, and (3) resolves the append futures.
+When the write or fdatasync fails, nothing of the batch is indexed, every pending
+and later append raises ``SyncFailed``, and ``on_fatal`` is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from bisect import bisect_right
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import NamedTuple
+
+from tidings.errors import CorruptLog, StorageError, SyncFailed
+from tidings.log.checkpoint import Checkpoint
+from tidings.log.files import FileSystem
+from tidings.log.index import TopicIndex
+from tidings.log.record import BATCH_HEADER, decode_record, encode_batch, encode_record
+from tidings.log.segment import Segment, parse_segment_name, segment_name
+from tidings.log.types import AppendResult, RetentionPolicy, StoredRecord
+
+log = logging.getLogger(__name__)
+
+AppendCallback = Callable[[StoredRecord], None]
+
+
+class ShardStats:
+    """Counters of the writer; ``syncs`` counts fdatasync calls of batches."""
+
+    __slots__ = ("max_batch", "records", "syncs")
+
+    def __init__(self) -> None:
+        self.syncs = 0
+        self.records = 0
+        self.max_batch = 0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.records / self.syncs if self.syncs else 0.0
+
+
+class _Pending(NamedTuple):
+    offset: int
+    ts: int
+    topic: str
+    msg_id: str
+    payload: bytes
+    record: bytes
+    future: asyncio.Future[None]
+
+
+class Shard:
+    """One shard directory. Create in the event loop, ``await open()``, ``await close()`` at the end."""
+
+    def __init__(
+        self,
+        number: int,
+        directory: Path,
+        fs: FileSystem,
+        *,
+        segment_bytes: int,
+        subscribers: list[AppendCallback],
+        on_fatal: Callable[[BaseException], None],
+        executor: Executor,
+    ) -> None:
+        self.number = number
+        self.directory = directory
+        self.stats = ShardStats()
+        self._fs = fs
+        self._segment_bytes = segment_bytes
+        self._subscribers = subscribers
+        self._on_fatal = on_fatal
+        self._topics: dict[str, TopicIndex] = {}
+        self._segments: list[Segment] = []
+        self._bases: list[int] = []
+        self._next = 1
+        self._pending: list[_Pending] = []
+        self._batch: list[_Pending] = []  # being written
+        self._inflight: dict[tuple[str, str], int] = {}
+        self._dup_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._failed: BaseException | None = None
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._trim_lock = asyncio.Lock()
+        # Blocking file work runs here. At most one job of this shard is in flight at a
+        # time (the writer awaits each), so a pool shared by shards keeps shard order.
+        self._executor = executor
+        self._writer: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Recover the shard from its files and start its writer. Raises ``CorruptLog``."""
+        loop = self._loop
+        try:
+            await loop.run_in_executor(self._executor, self._recover)
+        except BaseException:
+            self._close_files()
+            raise
+        self._writer = loop.create_task(self._write_loop(), name=f"tidings-log-writer-{self.number}")
+
+    async def close(self) -> None:
+        """Write what is queued, stop the writer, and close the files."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+        async with self._trim_lock:
+            self._close_files()
+
+    def _close_files(self) -> None:
+        for segment in self._segments:
+            segment.close()
+        self._segments.clear()
+        self._bases.clear()
+
+    def _recover(self) -> None:
+        fs, directory = self._fs, self.directory
+        fs.makedirs(directory)
+        checkpoint = Checkpoint.load(fs, directory)
+        for topic, offset in checkpoint.trimmed.items():
+            self._topics[topic] = TopicIndex(offset)
+        bases = sorted(b for b in map(parse_segment_name, fs.listdir(directory)) if b is not None)
+        newest = 0
+        for i, base in enumerate(bases):
+            seg_path = directory / segment_name(base)
+            if base <= newest:
+                raise CorruptLog(
+                    f"{seg_path}: segment starts below the previous one's records", str(seg_path), 0
+                )
+            segment, infos = Segment.recover(
+                fs, seg_path, base, last=i == len(bases) - 1, after_offset=max(newest, base - 1)
+            )
+            self._segments.append(segment)
+            self._bases.append(base)
+            for info in infos:
+                index = self._topics.get(info.topic)
+                if index is None:
+                    index = self._topics[info.topic] = TopicIndex()
+                if info.offset > index.trimmed_through:
+                    index.add(info.offset, info.position, info.ts, info.size, info.id)
+                    segment.live += 1
+            if infos:
+                newest = infos[-1].offset
+        floor = max(newest, checkpoint.floor, bases[-1] - 1 if bases else 0)
+        self._next = floor + 1
+        if not self._segments:
+            self._segments.append(Segment.create(fs, directory, self._next))
+            self._bases.append(self._next)
+            fs.fsync_dir(directory)
+
+    # -- appending -------------------------------------------------------------
+
+    async def append(self, topic: str, msg_id: str, ts: int, payload: bytes) -> AppendResult:
+        """Store a record; return once it is durable. See ``Store.append``."""
+        if self._failed is not None or self._closing:
+            self._refuse()
+        index = self._topics.get(topic)
+        if index is not None:
+            original = index.dedup.get(msg_id)
+            if original is not None:
+                return AppendResult(original, True)
+        key = (topic, msg_id)
+        inflight = self._inflight
+        if key in inflight:
+            return await self._duplicate_of(inflight[key])
+        offset = self._next
+        record = encode_record(offset, ts, topic.encode(), msg_id.encode(), payload)
+        self._next = offset + 1
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._pending.append(_Pending(offset, ts, topic, msg_id, payload, record, future))
+        inflight[key] = offset
+        wake = self._wake
+        if not wake.is_set():
+            wake.set()
+        await future
+        return AppendResult(offset, False)
+
+    def _refuse(self) -> None:
+        if self._failed is not None:
+            raise SyncFailed(f"shard {self.number} stopped after a failed sync: {self._failed}")
+        raise StorageError("the store is closed")
+
+    async def _duplicate_of(self, original: int) -> AppendResult:
+        # The original is still being written: answer once it is durable.
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._dup_waiters.append((original, waiter))
+        await waiter
+        return AppendResult(original, True)
+
+    async def _write_loop(self) -> None:
+        try:
+            await self._write_batches()
+        except Exception as exc:  # a bug here must not leave appends waiting forever
+            log.exception("shard %d: writer crashed", self.number)
+            self._fail(exc, self._batch)
+
+    async def _write_batches(self) -> None:
+        loop = self._loop
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._batch = self._pending
+            self._pending = []
+            data = encode_batch([p.record for p in batch])
+            active = self._segments[-1]
+            roll = active.size > 0 and active.size + len(data) > self._segment_bytes
+            try:
+                segment, position = await loop.run_in_executor(
+                    self._executor, self._write_batch, data, active, batch[0].offset if roll else 0
+                )
+            except Exception as exc:  # any failure leaves the batch's durability unknown
+                self._fail(exc, batch)
+                return
+            if segment is not active:
+                self._segments.append(segment)
+                self._bases.append(segment.base)
+            self._commit(batch, segment, position)
+            if segment.needs_space(self._segment_bytes):
+                # Off the acknowledgement path: appends queue meanwhile and form a larger batch.
+                try:
+                    await loop.run_in_executor(self._executor, segment.preallocate, self._segment_bytes)
+                except Exception as exc:
+                    self._fail(exc, [])
+                    return
+
+    def _write_batch(self, data: bytes, segment: Segment, roll_base: int) -> tuple[Segment, int]:
+        # In the writer thread. The old segment is sealed, and the new one's directory
+        # entry synced, before the batch is written to it.
+        if roll_base:
+            segment.seal()
+            segment = Segment.create(self._fs, self.directory, roll_base)
+            self._fs.fsync_dir(self.directory)
+        return segment, segment.append(data)
+
+    def _commit(self, batch: list[_Pending], segment: Segment, position: int) -> None:
+        topics, inflight = self._topics, self._inflight
+        pos = position + BATCH_HEADER.size
+        for p in batch:
+            index = topics.get(p.topic)
+            if index is None:
+                index = topics[p.topic] = TopicIndex()
+            size = len(p.record)
+            index.add(p.offset, pos, p.ts, size, p.msg_id)
+            pos += size
+            inflight.pop((p.topic, p.msg_id), None)  # gone already if the store failed meanwhile
+        segment.live += len(batch)
+        stats = self.stats
+        stats.syncs += 1
+        stats.records += len(batch)
+        stats.max_batch = max(stats.max_batch, len(batch))
+        if self._subscribers:
+            records = [StoredRecord(p.offset, p.topic, p.msg_id, p.ts, p.payload) for p in batch]
+            for callback in tuple(self._subscribers):
+                for stored in records:
+                    try:
+                        callback(stored)
+                    except Exception:
+                        log.exception("append subscriber %r failed", callback)
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result(None)
+        if self._dup_waiters:
+            durable = batch[-1].offset
+            waiting = []
+            for original, waiter in self._dup_waiters:
+                if original > durable:
+                    waiting.append((original, waiter))
+                elif not waiter.done():
+                    waiter.set_result(None)
+            self._dup_waiters = waiting
+
+    def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
+        self.fail(exc)
+        log.critical("shard %d: write or fdatasync failed, stopping: %r", self.number, exc)
+        self._on_fatal(exc)
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(SyncFailed(f"shard {self.number}: write or fdatasync failed: {exc}"))
+
+    def fail(self, exc: BaseException) -> None:
+        """Refuse every queued and later append with ``SyncFailed``."""
+        if self._failed is None:
+            self._failed = exc
+        pending, self._pending = self._pending, []
+        waiters = [p.future for p in pending] + [w for _, w in self._dup_waiters]
+        self._dup_waiters = []
+        self._inflight.clear()
+        for future in waiters:
+            if not future.done():
+                future.set_exception(SyncFailed(f"shard {self.number} stopped after a failed sync: {exc}"))
+        self._wake.set()
+
+    # -- reading ---------------------------------------------------------------
+
+    def read(self, topic: str, after: int, limit: int) -> list[StoredRecord]:
+        """Retained records of ``topic`` with offsets above ``after``, oldest first. Raises ``CorruptLog``."""
+        index = self._topics.get(topic)
+        if index is None or limit <= 0:
+            return []
+        offsets, positions, sizes = index.offsets, index.positions, index.sizes
+        k = index.after(after)
+        stop = min(len(offsets), k + limit)
+        out: list[StoredRecord] = []
+        while k < stop:
+            s = bisect_right(self._bases, offsets[k]) - 1
+            segment = self._segments[s]
+            next_base = self._bases[s + 1] if s + 1 < len(self._bases) else None
+            start = positions[k]
+            end = start + sizes[k]
+            m = k + 1
+            # One pread for a run of records that lie back to back in the same segment.
+            while m < stop and positions[m] == end and (next_base is None or offsets[m] < next_base):
+                end += sizes[m]
+                m += 1
+            buf = segment.pread(end - start, start)
+            path = str(segment.path)
+            pos = 0
+            for j in range(k, m):
+                record, pos = decode_record(buf, pos, path, start)
+                if record.offset != offsets[j] or record.topic != topic:
+                    where = start + pos
+                    raise CorruptLog(f"{path}: record at byte {where} is not the indexed one", path, where)
+                out.append(StoredRecord(record.offset, record.topic, record.id, record.ts, record.payload))
+            k = m
+        return out
+
+    def head(self, topic: str) -> int:
+        index = self._topics.get(topic)
+        return index.head if index is not None else 0
+
+    def trimmed_through(self, topic: str) -> int:
+        index = self._topics.get(topic)
+        return index.trimmed_through if index is not None else 0
+
+    def offset_at_time(self, topic: str, ts: int) -> int:
+        index = self._topics.get(topic)
+        return index.offset_at_time(ts) if index is not None else 0
+
+    def topics(self) -> list[str]:
+        return list(self._topics)
+
+    # -- retention -------------------------------------------------------------
+
+    async def trim(self, retention: Callable[[str], RetentionPolicy], now_ms: int) -> int:
+        """Apply retention; return how many records it removed. Raises ``OSError`` on I/O failure.
+
+        The new trim points are made durable (``trimmed.json``) before any record
+        becomes invisible, and files are deleted only after that.
+        """
+        async with self._trim_lock:
+            if self._closing:
+                return 0
+            cuts: dict[str, int] = {}
+            for topic, index in self._topics.items():
+                k = index.excess(retention(topic), now_ms)
+                if k:
+                    cuts[topic] = index.offsets[k - 1]
+            if cuts:
+                trimmed = {t: i.trimmed_through for t, i in self._topics.items() if i.trimmed_through}
+                trimmed.update(cuts)
+                checkpoint = Checkpoint(floor=self._next - 1, trimmed=trimmed)
+                await asyncio.to_thread(checkpoint.save, self._fs, self.directory)
+            removed = 0
+            for topic, offset in cuts.items():
+                for dropped in self._topics[topic].drop_through(offset):
+                    self._segments[bisect_right(self._bases, dropped) - 1].live -= 1
+                    removed += 1
+            dead = [s for s in self._segments[:-1] if s.live <= 0]
+            if dead:
+                self._segments = [s for s in self._segments if s.live > 0 or s is self._segments[-1]]
+                self._bases = [s.base for s in self._segments]
+                await asyncio.to_thread(self._delete, dead)
+            return removed
+
+    def _delete(self, segments: list[Segment]) -> None:
+        for segment in segments:
+            segment.close()
+            self._fs.remove(segment.path)
+        self._fs.fsync_dir(self.directory)
