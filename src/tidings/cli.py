@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -69,8 +70,12 @@ async def _serve(settings: Settings) -> None:
     from tidings.gateway import Gateway
 
     authority = Authority.from_data_dir(settings.data_path)
-    gateway = Gateway(settings, authority)
-    await gateway.start()
+    gateway = Gateway(settings, authority, on_fatal=_storage_failed)
+    try:
+        await gateway.start()
+    except TidingsError as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     dev_token = authority.mint("dev", pub=[">"], subs=[">"], ttl=DEV_TOKEN_TTL)
     print(f"tidings listening on {gateway.url}", flush=True)
     print(f"dev token (agent 'dev', all topics, 24 h):\n  export TIDINGS_TOKEN={dev_token}", flush=True)
@@ -82,6 +87,14 @@ async def _serve(settings: Settings) -> None:
     print("draining...", flush=True)
     await gateway.stop()
     print("stopped", flush=True)
+
+
+def _storage_failed(exc: BaseException) -> None:
+    # Guarantee 1: never acknowledge after a failed sync. The page cache may no
+    # longer match the disk, so the only safe move is to stop at once; a restart
+    # recovers from what the disk really holds.
+    print(f"fatal: durable storage failed ({exc!r}); stopping with status 70", file=sys.stderr, flush=True)
+    os._exit(70)
 
 
 @app.command()

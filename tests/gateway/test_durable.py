@@ -301,3 +301,32 @@ async def test_consumer_on_ephemeral_namespace_is_refused(gw: Gateway, token: st
     raw = await authed(gw.url, token)
     await raw.send({"op": "sub", "topic": "sig/a/>", "consumer": "w", "rid": 1})
     assert (await raw.recv())["code"] == "not_supported"
+
+
+async def test_failed_fsync_is_fatal_and_never_acknowledged(authority: Authority, token: str) -> None:
+    from pathlib import Path
+
+    from tests.log.filesystems import FailingFileSystem
+    from tidings.engine.embedded import EmbeddedEngine
+
+    files = FailingFileSystem()
+    fatal: list[BaseException] = []
+    engine = EmbeddedEngine(Path("data"), files=files, on_fatal=fatal.append)
+    gw = Gateway(Settings(port=0, data_dir="data"), authority, engine=engine)
+    await gw.start()
+    try:
+        raw = await authed(gw.url, token)
+        (ok,) = await publish(raw, "conv/f1/chat", 1)
+        assert ok["op"] == "puback"
+        files.failing = True
+        await raw.send({"op": "pub", "topic": "conv/f1/chat", "body": 1, "id": "doomed", "rid": 7})
+        err = await raw.recv()
+        assert err["op"] == "error", "no puback after a failed sync"
+        assert err["code"] == "sync_failed"
+        assert err["rid"] == 7
+        assert len(fatal) == 1, "the server is told to stop"
+        files.failing = False
+        await raw.send({"op": "pub", "topic": "conv/f1/chat", "body": 2, "id": "later", "rid": 8})
+        assert (await raw.recv())["code"] == "sync_failed", "nothing is acknowledged after a failed sync"
+    finally:
+        await gw.stop()

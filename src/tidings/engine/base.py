@@ -8,17 +8,16 @@ reported, never skipped.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import msgspec
 
+from tidings.log.types import AppendResult as PublishResult
 from tidings.protocol.frames import Msg
 
-
-class PublishResult(msgspec.Struct, frozen=True):
-    offset: int
-    duplicate: bool
+__all__ = ["CursorState", "Engine", "PublishResult", "TopicCursor"]
 
 
 class TopicCursor(msgspec.Struct):
@@ -65,6 +64,14 @@ class Engine(ABC):
         stop), ``RetryLater`` (try again), ``InvalidFrame`` (unstorable body).
         """
 
+    def submit(self, msg: Msg) -> asyncio.Future[PublishResult]:
+        """``publish`` as a future, queued in call order (the gateway's path).
+
+        Errors found at once (an unstorable body) are raised here; the rest
+        arrive through the future. Engines override this to avoid a task.
+        """
+        return asyncio.ensure_future(self.publish(msg))
+
     @abstractmethod
     def publish_ephemeral(self, msg: Msg) -> None:
         """Hand an ephemeral message to every gateway's ephemeral callback."""
@@ -107,8 +114,8 @@ class Engine(ABC):
     # -- cursors of durable consumers ------------------------------------------
 
     @abstractmethod
-    def load_cursor(self, key: str) -> CursorState:
-        """The saved state of a durable consumer (empty if it never saved)."""
+    def load_cursor(self, key: str) -> CursorState | None:
+        """The saved state of a durable consumer; None if it never existed."""
 
     @abstractmethod
     async def save_cursors(self, states: dict[str, CursorState]) -> None:

@@ -25,7 +25,7 @@ from tidings.engine.base import (
     PublishResult,
 )
 from tidings.errors import InvalidFrame
-from tidings.log import RetentionPolicy, Store, StoredRecord
+from tidings.log import FileSystem, RetentionPolicy, Store, StoredRecord
 from tidings.log.cursors import CursorStore
 from tidings.protocol.frames import Headers, Msg
 
@@ -78,13 +78,16 @@ class EmbeddedEngine(Engine):
         shards: int = 8,
         retention: Callable[[str], RetentionPolicy] | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
-        trim_interval: float = 5.0,
+        trim_interval: float = 1.0,
+        files: FileSystem | None = None,
     ) -> None:
+        """``files`` is the log's file interface (a fault-injecting one in tests)."""
         self.data_dir = data_dir
         self.shards = shards
         self._retention = retention
         self._on_fatal = on_fatal
         self._trim_interval = trim_interval
+        self._files = files
         self._store: Store | None = None
         self._cursors = CursorStore(data_dir / "log")
         self._commit_callbacks: list[CommitCallback] = []
@@ -102,6 +105,7 @@ class EmbeddedEngine(Engine):
             retention=self._retention,
             on_fatal=self._fatal,
             trim_interval=self._trim_interval,
+            files=self._files,
         )
         self._store.subscribe_appends(self._announce)
 
@@ -124,8 +128,10 @@ class EmbeddedEngine(Engine):
     # -- publishing ---------------------------------------------------------
 
     async def publish(self, msg: Msg) -> PublishResult:
-        result = await self.store.append(msg.topic, msg.id, msg.ts, to_record_payload(msg))
-        return PublishResult(result.offset, result.duplicate)
+        return await self.store.append(msg.topic, msg.id, msg.ts, to_record_payload(msg))
+
+    def submit(self, msg: Msg) -> asyncio.Future[PublishResult]:
+        return self.store.submit(msg.topic, msg.id, msg.ts, to_record_payload(msg))
 
     def publish_ephemeral(self, msg: Msg) -> None:
         for callback in self._ephemeral_callbacks:
@@ -156,9 +162,9 @@ class EmbeddedEngine(Engine):
 
     # -- cursors ------------------------------------------------------------
 
-    def load_cursor(self, key: str) -> CursorState:
+    def load_cursor(self, key: str) -> CursorState | None:
         saved = self._cursors.load(key)
-        return CursorState() if saved is None else msgspec.convert(saved, CursorState)
+        return None if saved is None else msgspec.convert(saved, CursorState)
 
     async def save_cursors(self, states: dict[str, CursorState]) -> None:
         plain = {key: msgspec.to_builtins(state) for key, state in states.items()}

@@ -168,7 +168,8 @@ class Connection(WSListener):
                 else:
                     self.gateway.stats.rejected += 1
                     self.session.send(error_frame(exc, rid))
-        self.gateway.mark_dirty(self)
+        if self.session.pending_bytes or self.session.close_code is not None:
+            self.gateway.mark_dirty(self)
 
     def _dispatch(self, frame: f.ClientFrame) -> None:
         if isinstance(frame, f.Pub):
@@ -220,8 +221,11 @@ class Connection(WSListener):
             raise LimitExceeded(f"this connection already has {len(self.subs)} subscriptions (the limit)")
         if sub.consumer is not None and not sub.consumer.strip():
             raise InvalidFrame("consumer name must not be empty")
+        for name in ("max_inflight", "ack_wait_ms"):
+            value = getattr(sub, name)
+            if value is not None and value < 1:
+                raise InvalidFrame(f"{name} must be at least 1, not {value}")
         sid = self._next_sid
-        self._next_sid += 1
         subscription = Subscription(self, sid, pattern)
         durable = sub.consumer is not None or sub.start is not None
         head = None
@@ -231,6 +235,7 @@ class Connection(WSListener):
             subscription.consumer = self.gateway.consumers.join(subscription, sub, self.grants.agent)
         else:
             self.gateway.router.add(subscription)
+        self._next_sid += 1  # only now: a refused sub uses no sid
         self.subs[sid] = subscription
         # subbed goes out before the first delivery: both are queued in this turn, in order
         self.session.send(f.Subbed(sid=sid, topic=pattern, rid=sub.rid, durable=durable, head=head))
@@ -263,7 +268,7 @@ class Connection(WSListener):
             headers=pub.headers,
         )
         if is_durable(topic):
-            stored = asyncio.ensure_future(self.gateway.engine.publish(msg))
+            stored = self.gateway.engine.submit(msg)
             stored.add_done_callback(lambda task: self._published(task, msg_id, pub.rid))
             return
         self.gateway.engine.publish_ephemeral(msg)

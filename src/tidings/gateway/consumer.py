@@ -137,10 +137,16 @@ class Consumer:
     def detach(self, member: Subscription) -> None:
         """A member left: what it held unacked goes to the others (or waits for one)."""
         self.members.remove(member)
-        for p in self.pending.values():
+        for p in list(self.pending.values()):
             if p.member is member and p.phase is Phase.INFLIGHT:
-                p.phase, p.member = Phase.READY, None
-                self.ready.appendleft(p)
+                p.member = None
+                if p.attempt >= self.policy.max_deliver:
+                    self.registry.dead_letter(
+                        self, p, f"unacked by a leaving member after {p.attempt} attempts"
+                    )
+                else:
+                    p.phase = Phase.READY
+                    self.ready.appendleft(p)
         self.schedule()
 
     def _has_room(self, m: Subscription) -> bool:

@@ -79,14 +79,14 @@ class Consumers:
                 consumer = existing
             else:
                 saved = self.engine.load_cursor(key)
-                start = sub.start if not saved.topics else None
+                start = sub.start if saved is None else None
                 consumer = Consumer(self, key, member.pattern, policy, True, start, saved)
                 self.by_key[key] = consumer
                 self.router.add(consumer)
             self._idle_since.pop(key, None)
-        if sub.ack_wait_ms:
-            consumer.policy = msgspec.structs.replace(consumer.policy, ack_wait_ms=max(1, sub.ack_wait_ms))
-        member.max_inflight = max(1, sub.max_inflight or consumer.policy.max_inflight)
+        if sub.ack_wait_ms is not None:
+            consumer.policy = msgspec.structs.replace(consumer.policy, ack_wait_ms=sub.ack_wait_ms)
+        member.max_inflight = sub.max_inflight or consumer.policy.max_inflight
         consumer.attach(member)
         return consumer
 
@@ -103,6 +103,8 @@ class Consumers:
     # -- events -------------------------------------------------------------
 
     def on_commit(self, msg: f.Msg) -> None:
+        if not len(self.router):
+            return
         for consumer in self.router.match(msg.topic):
             consumer.on_commit(msg)
 

@@ -15,7 +15,7 @@ import itertools
 import logging
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from picows import (
     WSUpgradeRequest,
@@ -46,11 +46,20 @@ HEALTH_PATHS = (b"/healthz", b"/health")
 class Gateway:
     heartbeat_s = 20.0
 
-    def __init__(self, settings: Settings, authority: Authority, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        authority: Authority,
+        engine: Engine | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """``on_fatal`` is called if durable storage fails (a failed fsync): the
+        process must stop, since nothing more can be acknowledged. ``tidings
+        serve`` exits with status 70; tests may do what they like."""
         self.settings = settings
         self.authority = authority
         self.engine: Engine = engine or EmbeddedEngine(
-            settings.data_path, settings.shards, retention=settings.retention
+            settings.data_path, settings.shards, retention=settings.retention, on_fatal=on_fatal
         )
         self.consumers = Consumers(self.engine, settings)
         self.router: Router[Subscription] = Router()
@@ -187,8 +196,10 @@ class Gateway:
         before anything is delivered, when the body cannot be carried by a
         subscriber's codec (e.g. an integer beyond 64 bits for msgpack).
         """
-        subs = self.router.match(msg.topic)
         self.stats.published += 1
+        if not len(self.router):
+            return 0
+        subs = self.router.match(msg.topic)
         if not subs:
             return 0
         # Encode for every codec in use before delivering anything, so a body one

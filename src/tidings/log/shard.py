@@ -57,7 +57,7 @@ class _Pending(NamedTuple):
     msg_id: str
     payload: bytes
     record: bytes
-    future: asyncio.Future[None]
+    future: asyncio.Future[AppendResult]
 
 
 class Shard:
@@ -88,7 +88,7 @@ class Shard:
         self._pending: list[_Pending] = []
         self._batch: list[_Pending] = []  # being written
         self._inflight: dict[tuple[str, str], int] = {}
-        self._dup_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._dup_waiters: list[tuple[int, asyncio.Future[AppendResult]]] = []
         self._failed: BaseException | None = None
         self._closing = False
         self._wake = asyncio.Event()
@@ -165,40 +165,43 @@ class Shard:
 
     async def append(self, topic: str, msg_id: str, ts: int, payload: bytes) -> AppendResult:
         """Store a record; return once it is durable. See ``Store.append``."""
+        return await self.submit(topic, msg_id, ts, payload)
+
+    def submit(self, topic: str, msg_id: str, ts: int, payload: bytes) -> asyncio.Future[AppendResult]:
+        """Queue a record; the returned future resolves once it is durable. See ``Store.submit``.
+
+        The offset is assigned now, so records submitted in one order are stored
+        in that order. No task is created: this is the fast path for the gateway.
+        """
         if self._failed is not None or self._closing:
             self._refuse()
+        future: asyncio.Future[AppendResult] = self._loop.create_future()
         index = self._topics.get(topic)
         if index is not None:
             original = index.dedup.get(msg_id)
             if original is not None:
-                return AppendResult(original, True)
+                future.set_result(AppendResult(original, True))
+                return future
         key = (topic, msg_id)
         inflight = self._inflight
         if key in inflight:
-            return await self._duplicate_of(inflight[key])
+            # The original is still being written: answer once it is durable.
+            self._dup_waiters.append((inflight[key], future))
+            return future
         offset = self._next
         record = encode_record(offset, ts, topic.encode(), msg_id.encode(), payload)
         self._next = offset + 1
-        future: asyncio.Future[None] = self._loop.create_future()
         self._pending.append(_Pending(offset, ts, topic, msg_id, payload, record, future))
         inflight[key] = offset
         wake = self._wake
         if not wake.is_set():
             wake.set()
-        await future
-        return AppendResult(offset, False)
+        return future
 
     def _refuse(self) -> None:
         if self._failed is not None:
             raise SyncFailed(f"shard {self.number} stopped after a failed sync: {self._failed}")
         raise StorageError("the store is closed")
-
-    async def _duplicate_of(self, original: int) -> AppendResult:
-        # The original is still being written: answer once it is durable.
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        self._dup_waiters.append((original, waiter))
-        await waiter
-        return AppendResult(original, True)
 
     async def _write_loop(self) -> None:
         try:
@@ -275,7 +278,7 @@ class Shard:
                         log.exception("append subscriber %r failed", callback)
         for p in batch:
             if not p.future.done():
-                p.future.set_result(None)
+                p.future.set_result(AppendResult(p.offset, False))
         if self._dup_waiters:
             durable = batch[-1].offset
             waiting = []
@@ -283,7 +286,7 @@ class Shard:
                 if original > durable:
                     waiting.append((original, waiter))
                 elif not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(AppendResult(original, True))
             self._dup_waiters = waiting
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:

@@ -200,6 +200,16 @@ class Store:
             raise SyncFailed(f"the store stopped after a failed sync: {self.failed}")
         return await self._shard(topic).append(topic, msg_id, ts, payload)
 
+    def submit(self, topic: str, msg_id: str, ts: int, payload: bytes) -> asyncio.Future[AppendResult]:
+        """``append`` without a coroutine: queue the record now, return a future of its result.
+
+        The future resolves (or fails) exactly as ``append`` returns (or raises).
+        Raises at once, like ``append``, for a failed or closed store.
+        """
+        if self.failed is not None:
+            raise SyncFailed(f"the store stopped after a failed sync: {self.failed}")
+        return self._shard(topic).submit(topic, msg_id, ts, payload)
+
     def read(self, topic: str, after: int, limit: int = 1000) -> list[StoredRecord]:
         """Up to ``limit`` retained records of ``topic`` with offsets above ``after``, ascending.
 
