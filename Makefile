@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest soak bench-storage clean
+.PHONY: demo test lint typecheck pytest soak bench-storage bench-fanout bench-w2 clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -31,6 +31,16 @@ pytest: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/pytest -m slow -p no:cacheprovider
+
+# Benchmarks print JSON lines; their figures are recorded in docs/ with these commands.
+bench-storage: $(STAMP)
+	$(BIN)/python bench/storage_bench.py --publishers 1 32 256 --duration 5
+
+bench-fanout: $(STAMP)
+	$(BIN)/python bench/fanout.py --subscribers 10 100 --body-bytes 64 1024 --compare-coalescing
+
+bench-w2: $(STAMP)
+	for n in 1 32 256; do $(BIN)/tidings bench w2 --publishers $$n --duration 5 --json; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

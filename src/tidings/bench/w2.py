@@ -69,8 +69,10 @@ async def _load(url: str, publishers: int, duration: float, body_bytes: int) -> 
     latencies.clear()
     base = sum(p.acked for p in pubs)
     started = time.perf_counter()
+    cpu0 = time.process_time()
     await asyncio.sleep(duration)
     elapsed = time.perf_counter() - started
+    client_cpu = time.process_time() - cpu0
     acked = sum(p.acked for p in pubs) - base
     for p in pubs:
         p.running = False
@@ -80,6 +82,7 @@ async def _load(url: str, publishers: int, duration: float, body_bytes: int) -> 
         "acked_per_s": round(acked / elapsed),
         "ack_p50_ms": round(percentile(lat, 0.50) * 1000, 3),
         "ack_p99_ms": round(percentile(lat, 0.99) * 1000, 3),
+        "client_cpu_us_per_msg": round(client_cpu * 1e6 / max(1, acked), 2),
     }
 
 
