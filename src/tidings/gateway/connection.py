@@ -72,6 +72,8 @@ class Connection(WSListener):
         self.session = ServerSession(subprotocol, gateway.settings.max_frame_bytes)
         self.binary = self.session.codec.binary
         self.grants: Grants | None = None
+        #: topics this connection has been allowed to publish to (valid, granted)
+        self._may_publish: set[str] = set()
         self.session_id = uuid.uuid4().hex
         self.subs: dict[int, Subscription] = {}
         self.dirty = False
@@ -254,8 +256,12 @@ class Connection(WSListener):
 
     def _on_pub(self, pub: f.Pub) -> None:
         assert self.grants is not None
-        topic = validate_topic(pub.topic, self.gateway.settings.max_topic_length)
-        self.grants.check_publish(topic)
+        topic = pub.topic
+        if topic not in self._may_publish:
+            validate_topic(topic, self.gateway.settings.max_topic_length)
+            self.grants.check_publish(topic)
+            if len(self._may_publish) < 4096:
+                self._may_publish.add(topic)
         msg_id = pub.id or self.gateway.next_id()
         msg = f.Msg(
             topic=topic,

@@ -4,7 +4,9 @@ A trie over topic segments. Each node keeps the subscriptions whose pattern
 ends there, the ones whose pattern ends there with ``>`` (the rest), and the
 children for a literal segment or ``*``. Matching a topic walks at most two
 branches per segment, so its cost grows with the number of matching patterns,
-not with the number of subscriptions.
+not with the number of subscriptions. Results are cached per topic until the
+next ``add`` or ``remove`` (a conversation's topics are published to again and
+again; subscriptions change far less often).
 """
 
 from __future__ import annotations
@@ -32,14 +34,18 @@ class _Node(Generic[S]):
 class Router(Generic[S]):
     """Add, remove and match subscriptions by pattern."""
 
+    CACHE_LIMIT = 65536
+
     def __init__(self) -> None:
         self._root: _Node[S] = _Node()
         self._count = 0
+        self._cache: dict[str, list[S]] = {}
 
     def __len__(self) -> int:
         return self._count
 
     def add(self, sub: S) -> None:
+        self._cache.clear()
         node = self._root
         segments = sub.pattern.split("/")
         for seg in segments:
@@ -53,6 +59,7 @@ class Router(Generic[S]):
 
     def remove(self, sub: S) -> None:
         """Remove ``sub``; pruning empty nodes so the trie does not grow forever."""
+        self._cache.clear()
         path: list[tuple[_Node[S], str]] = []
         node = self._root
         for seg in sub.pattern.split("/"):
@@ -75,7 +82,17 @@ class Router(Generic[S]):
             del parent.children[seg]
 
     def match(self, topic: str) -> list[S]:
-        """Every subscription whose pattern matches ``topic``."""
+        """Every subscription whose pattern matches ``topic`` (do not modify the list)."""
+        cached = self._cache.get(topic)
+        if cached is not None:
+            return cached
+        out = self._match(topic)
+        if len(self._cache) >= self.CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[topic] = out
+        return out
+
+    def _match(self, topic: str) -> list[S]:
         out: list[S] = []
         segments = topic.split("/")
         last = len(segments)
