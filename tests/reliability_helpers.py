@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -11,10 +12,17 @@ from pathlib import Path
 from tests.conftest import UNIT
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class ServerProcess:
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, port: int = 0) -> None:
+        cmd = [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--data-dir", str(data_dir)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tidings", "serve", "--port", "0", "--data-dir", str(data_dir), *extra],
+            [*cmd, *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

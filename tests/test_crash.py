@@ -29,7 +29,10 @@ ROUNDS = int(os.environ.get("TIDINGS_CRASH_ROUNDS", "20"))
 
 async def run_publisher(url: str, token: str, name: str, pending: list[tuple[str, str]],
                         acked: dict[tuple[str, str], int], seq: list[int]) -> None:  # fmt: skip
-    agent = tidings.connect(url, token, name=name)
+    # Give up at once when the server dies: the next round has a new server.
+    agent = tidings.connect(
+        url, token, name=name, backoff=tidings.Backoff(base=0.01, cap=0.02, max_attempts=1)
+    )
     try:
         await agent.open()
         while True:

@@ -161,7 +161,7 @@ def sub(
         async with connect(url, token_, name="tidings-cli") as agent:
             seen = 0
             async for msg in agent.subscribe(pattern):
-                sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
+                sys.stdout.write(msgspec.json.encode(msg.raw).decode() + "\n")
                 sys.stdout.flush()
                 seen += 1
                 if count and seen >= count:
@@ -189,7 +189,7 @@ def replay(
             if not sub.head or sub.head <= from_:
                 return
             async for msg in sub:
-                sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
+                sys.stdout.write(msgspec.json.encode(msg.raw).decode() + "\n")
                 if msg.offset is not None and msg.offset >= sub.head:
                     break
             sys.stdout.flush()
@@ -214,7 +214,7 @@ def tail(
         async with connect(url, token_, name="tidings-cli") as agent:
             seen = 0
             async for msg in agent.subscribe(pattern, start="latest"):
-                sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
+                sys.stdout.write(msgspec.json.encode(msg.raw).decode() + "\n")
                 sys.stdout.flush()
                 seen += 1
                 if count and seen >= count:

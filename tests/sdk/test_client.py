@@ -1,38 +1,67 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 import tidings
 from tests.conftest import UNIT
 from tidings.auth import Authority
+from tidings.config import Settings
 from tidings.errors import ConnectionLost, Forbidden, InvalidTopic, Unauthorized
 from tidings.gateway import Gateway
 
+ALL = {"pub": [">"], "subs": [">"]}
+FAST = tidings.Backoff(base=0.02, cap=0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start(authority: Authority, port: int = 0) -> Gateway:
+    gw = Gateway(Settings(port=port), authority)
+    await gw.start()
+    return gw
+
+
+@pytest.fixture
+async def gw(authority: Authority) -> AsyncIterator[Gateway]:
+    g = await start(authority)
+    yield g
+    await g.stop()
+
+
+async def wait_for(predicate: Any, seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds * UNIT):
+        while not predicate():  # noqa: ASYNC110 - polling plain state of the agent
+            await asyncio.sleep(0.01)
+
 
 @pytest.mark.parametrize("subprotocol", ["tidings.v1.json", "tidings.v1.msgpack"])
-async def test_publish_and_iterate(gateway: Gateway, authority: Authority, subprotocol: str) -> None:
-    token = authority.mint("ann", pub=["sig/>"], subs=["sig/>"])
+async def test_publish_and_iterate(gw: Gateway, authority: Authority, subprotocol: str) -> None:
+    token = authority.mint("ann", **ALL)
     async with (
-        tidings.connect(gateway.url, token, name="a", subprotocol=subprotocol) as a,
-        tidings.connect(gateway.url, token, name="b") as b,
+        tidings.connect(gw.url, token, name="a", subprotocol=subprotocol) as a,
+        tidings.connect(gw.url, token, name="b") as b,
     ):
         sub = await a.subscribe("sig/team/>")
-        assert sub.sid == 1
         ack = await b.publish("sig/team/x", {"q": 1}, headers={"traceparent": "00-1-2-01"})
         assert ack.duplicate is False
         msg = await asyncio.wait_for(anext(aiter(sub)), 3 * UNIT)
-        assert msg.id == ack.id
-        assert msg.body == {"q": 1}
-        assert msg.sender == "ann"
+        assert (msg.id, msg.body, msg.sender) == (ack.id, {"q": 1}, "ann")
         assert msg.headers == {"traceparent": "00-1-2-01"}
         assert msg.lamport == b.lamport
         assert a.lamport >= msg.lamport, "receiving advances the Lamport clock"
 
 
-async def test_server_errors_raise_typed_exceptions(gateway: Gateway, authority: Authority) -> None:
-    async with tidings.connect(gateway.url, authority.mint("x", pub=["sig/a/>"], subs=[])) as agent:
+async def test_server_errors_raise_typed_exceptions(gw: Gateway, authority: Authority) -> None:
+    async with tidings.connect(gw.url, authority.mint("x", pub=["sig/a/>"], subs=[])) as agent:
         with pytest.raises(Forbidden):
             await agent.publish("sig/b/c", 1)
         with pytest.raises(InvalidTopic):
@@ -40,29 +69,162 @@ async def test_server_errors_raise_typed_exceptions(gateway: Gateway, authority:
         with pytest.raises(Forbidden):
             await agent.subscribe("sig/a/>")
         assert (await agent.publish("sig/a/b", 1)).id
+        assert len(agent.outbox) == 0, "refused publishes leave the buffer"
 
 
-async def test_bad_token_raises_unauthorized(gateway: Gateway) -> None:
+async def test_bad_token_raises_unauthorized(gw: Gateway) -> None:
     with pytest.raises(Unauthorized, match="malformed"):
-        await tidings.connect(gateway.url, "nope").open()
+        await tidings.connect(gw.url, "nope").open()
 
 
 async def test_unreachable_server_raises_connection_lost() -> None:
     with pytest.raises(ConnectionLost):
-        await tidings.connect("ws://127.0.0.1:1/", "t").open()
+        await tidings.connect(f"ws://127.0.0.1:{free_port()}/", "t").open()
 
 
-async def test_server_shutdown_ends_iteration_and_fails_requests(authority: Authority) -> None:
-    from tidings.config import Settings
-
-    gw = Gateway(Settings(port=0), authority)
-    await gw.start()
-    agent = tidings.connect(gw.url, authority.mint("y", pub=["sig/>"], subs=["sig/>"]))
+async def test_reconnects_resubscribes_and_reports_the_live_gap(authority: Authority) -> None:
+    port = free_port()
+    gw = await start(authority, port)
+    states: list[tidings.ConnectionState] = []
+    agent = tidings.connect(gw.url, authority.mint("r", **ALL), backoff=FAST)
+    agent.on_state(states.append)
     await agent.open()
-    sub = await agent.subscribe("sig/a/>")
+    gaps: list[tidings.GapInfo] = []
+    live = await agent.subscribe("sig/g/>", on_gap=gaps.append)
     await gw.stop()
-    received = [m async for m in sub]
-    assert received == []
-    assert agent.close_code == 1001
-    with pytest.raises(ConnectionLost):
-        await agent.publish("sig/a/b", 1)
+    await wait_for(lambda: agent.state is tidings.ConnectionState.RECONNECTING)
+    gw = await start(authority, port)
+    try:
+        await wait_for(lambda: agent.is_open and live.sid is not None)
+        assert len(gaps) == 1
+        assert gaps[0].reason == "disconnected"
+        assert gaps[0].since is not None and gaps[0].until is not None
+        await agent.publish("sig/g/x", "after")
+        msg = await asyncio.wait_for(anext(aiter(live)), 3 * UNIT)
+        assert msg.body == "after"
+        assert states[:3] == [
+            tidings.ConnectionState.OPEN,
+            tidings.ConnectionState.RECONNECTING,
+            tidings.ConnectionState.OPEN,
+        ]
+        assert agent.reconnects == 1
+    finally:
+        await agent.close()
+        await gw.stop()
+
+
+async def test_retried_publish_after_a_dropped_connection_stores_one_message(authority: Authority) -> None:
+    """The connection drops after the server stored a publish but before its puback arrived."""
+    gw = await start(authority)
+    try:
+        agent = tidings.connect(gw.url, authority.mint("p", **ALL), backoff=FAST)
+        await agent.open()
+        dropped_between = False
+        for attempt in range(30):
+            topic = f"conv/retry/t{attempt}"
+            task = asyncio.create_task(agent.publish(topic, {"n": attempt}, id=f"m{attempt}"))
+            while gw.engine.head(topic) == 0:  # noqa: ASYNC110 - until the server stored it
+                await asyncio.sleep(0)
+            (out,) = agent.outbox.pending()
+            if not out.future.done():
+                assert agent._link is not None and agent._link.transport is not None
+                agent._link.transport.disconnect(graceful=False)  # the puback never arrives
+                dropped_between = True
+            ack = await asyncio.wait_for(task, 5 * UNIT)
+            if dropped_between:
+                assert ack.duplicate is True, "the re-sent publish was recognised by its id"
+                assert len(gw.engine.read(topic, 0)) == 1, "stored once"
+                assert agent.reconnects >= 1
+                break
+        assert dropped_between, "never managed to drop the connection between store and puback"
+        await agent.close()
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.parametrize("when_full", ["raise", "wait"])
+async def test_full_buffer_waits_or_raises(authority: Authority, when_full: str) -> None:
+    port = free_port()
+    gw = await start(authority, port)
+    agent = tidings.connect(
+        gw.url, authority.mint("q", **ALL), backoff=FAST, buffer_messages=2, when_full=when_full
+    )
+    await agent.open()
+    await gw.stop()
+    await wait_for(lambda: not agent.is_open)
+    first = [asyncio.create_task(agent.publish("conv/buf/x", i, id=f"b{i}")) for i in range(2)]
+    await asyncio.sleep(0.05)
+    third = asyncio.create_task(agent.publish("conv/buf/x", 2, id="b2"))
+    await asyncio.sleep(0.1)
+    if when_full == "raise":
+        with pytest.raises(tidings.BufferFull):
+            await third
+    else:
+        assert not third.done(), "publish waits for room"
+    gw = await start(authority, port)
+    try:
+        acks = await asyncio.wait_for(asyncio.gather(*first), 5 * UNIT)
+        assert [a.id for a in acks] == ["b0", "b1"]
+        if when_full == "wait":
+            assert (await asyncio.wait_for(third, 5 * UNIT)).id == "b2"
+        assert len(gw.engine.read("conv/buf/x", 0)) == (2 if when_full == "raise" else 3)
+    finally:
+        await agent.close()
+        await gw.stop()
+
+
+async def test_parent_and_lamport_follow_a_chain_of_three_agents(gw: Gateway, authority: Authority) -> None:
+    token = authority.mint("chain", **ALL)
+    seen: dict[str, tidings.Message] = {}
+    done = asyncio.Event()
+    async with (
+        tidings.connect(gw.url, token, name="a") as a,
+        tidings.connect(gw.url, token, name="b") as b,
+        tidings.connect(gw.url, token, name="c") as c,
+    ):
+
+        @b.on("conv/chain/step1", consumer="b")
+        async def relay(msg: tidings.Message) -> None:
+            seen["m1"] = msg
+            await b.publish("conv/chain/step2", "from b")  # no parent given
+
+        @c.on("conv/chain/step2", consumer="c")
+        async def finish(msg: tidings.Message) -> None:
+            seen["m2"] = msg
+            await c.publish("conv/chain/step3", "from c")
+
+        @a.on("conv/chain/step3", consumer="a")
+        async def close_loop(msg: tidings.Message) -> None:
+            seen["m3"] = msg
+            done.set()
+
+        await asyncio.sleep(0.2)
+        first = await a.publish("conv/chain/step1", "from a")
+        await asyncio.wait_for(done.wait(), 5 * UNIT)
+    m1, m2, m3 = seen["m1"], seen["m2"], seen["m3"]
+    assert m1.id == first.id
+    assert m2.parent == m1.id, "a publish inside a handler answers the handled message"
+    assert m3.parent == m2.id
+    assert m1.lamport < m2.lamport < m3.lamport, "Lamport order respects causality"
+
+
+async def test_handler_exception_nacks_and_redelivery_is_handled_once(
+    gw: Gateway, authority: Authority
+) -> None:
+    token = authority.mint("h", **ALL)
+    calls: list[tuple[str, int]] = []
+    ok = asyncio.Event()
+    async with tidings.connect(gw.url, token) as agent:
+
+        @agent.on("conv/h/>", consumer="worker", nack_delay_ms=20)
+        async def flaky(msg: tidings.Message) -> None:
+            calls.append((msg.body, msg.attempt))
+            if msg.attempt < 3:
+                raise RuntimeError("not yet")
+            ok.set()
+
+        await asyncio.sleep(0.1)
+        await agent.publish("conv/h/x", "job")
+        await asyncio.wait_for(ok.wait(), 5 * UNIT)
+        await asyncio.sleep(0.3)
+    assert calls == [("job", 1), ("job", 2), ("job", 3)]

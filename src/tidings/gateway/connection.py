@@ -182,6 +182,8 @@ class Connection(WSListener):
             self._on_unsub(frame)
         elif isinstance(frame, f.Ack):
             self._member(frame.sid).ack(self.subs[frame.sid], frame.topic, frame.offset)
+        elif isinstance(frame, f.Progress):
+            self._member(frame.sid).progress(self.subs[frame.sid], frame.topic, frame.offset)
         elif isinstance(frame, f.Nack):
             self._member(frame.sid).nack(self.subs[frame.sid], frame.topic, frame.offset, frame.delay_ms)
         elif isinstance(frame, f.Hello):

@@ -274,6 +274,12 @@ class Consumer:
             self._done(topic, offset)
         self.schedule()
 
+    def progress(self, member: Subscription, topic: str, offset: int) -> None:
+        """The member is still working on it: restart its ack_wait."""
+        p = self.pending.get((topic, offset))
+        if p is not None and p.phase is Phase.INFLIGHT and p.member is member:
+            self._arm(p, time.monotonic() + self.policy.ack_wait_ms / 1000)
+
     def nack(self, member: Subscription, topic: str, offset: int, delay_ms: int) -> None:
         p = self._settle(member, topic, offset)
         if p is not None:

@@ -88,6 +88,14 @@ class Nack(msgspec.Struct, tag="nack", **_FRAME):
     delay_ms: int = 0
 
 
+class Progress(msgspec.Struct, tag="progress", **_FRAME):
+    """Still working on a delivered message: restart its ``ack_wait``."""
+
+    sid: int
+    topic: str
+    offset: int
+
+
 class Chunk(msgspec.Struct, tag="chunk", **_FRAME):
     """One piece of a stream (e.g. LLM tokens); ``seq`` counts from 0."""
 
@@ -119,7 +127,7 @@ class PresenceUpdate(msgspec.Struct, tag="presence", **_FRAME):
     rid: int | None = None
 
 
-ClientFrame = Hello | Sub | Unsub | Pub | Ack | Nack | Chunk | Commit | Abort | PresenceUpdate
+ClientFrame = Hello | Sub | Unsub | Pub | Ack | Nack | Progress | Chunk | Commit | Abort | PresenceUpdate
 
 
 # --- server -> client ---------------------------------------------------------

@@ -58,7 +58,7 @@ class CloseCode:
 
 
 _OPEN_CLIENT_FRAMES: frozenset[type] = frozenset(
-    {f.Sub, f.Unsub, f.Pub, f.Ack, f.Nack, f.Chunk, f.Commit, f.Abort, f.PresenceUpdate}
+    {f.Sub, f.Unsub, f.Pub, f.Ack, f.Nack, f.Progress, f.Chunk, f.Commit, f.Abort, f.PresenceUpdate}
 )
 _OPEN_SERVER_FRAMES: frozenset[type] = frozenset(
     {f.Subbed, f.Unsubbed, f.Msg, f.Puback, f.Error, f.Gap, f.Dropped, f.PresenceEvent}

@@ -1,0 +1,554 @@
+"""The agent: one logical connection that survives the physical ones.
+
+    async with tidings.connect("ws://127.0.0.1:7700/", token=TOKEN, name="planner") as agent:
+        @agent.on("conv/team-7/>", consumer="planner")
+        async def handle(msg: tidings.Message) -> None:
+            await agent.publish("conv/team-7/plan", {"steps": 3})   # parent = msg.id, automatically
+        await agent.run_forever()
+
+What the agent does so its author does not have to:
+
+- reconnects with exponential backoff and full jitter when the connection drops,
+  re-sends every ``sub`` (durable consumers resume from their server-side
+  cursor; replay readers after the last offset they saw; live subscriptions
+  record the missed window as a gap), and re-sends every publish not yet
+  acknowledged, with its original id, so the server stores it once;
+- keeps publishes in a bounded local buffer while disconnected;
+- acks what a handler finished, nacks (with backoff) what it raised on, and
+  skips redeliveries of what was already handled;
+- stamps a Lamport clock on every publish and, inside a handler, ``parent``
+  and ``traceparent`` from the message being handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from types import TracebackType
+from typing import Any, Literal
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from tidings.errors import BY_CODE, ConnectionLost, ProtocolError, RetryLater, TidingsError
+from tidings.protocol import frames as f
+from tidings.protocol.codec import JSON
+from tidings.protocol.session import ClientSession
+from tidings.sdk.backoff import Backoff
+from tidings.sdk.context import causal_defaults
+from tidings.sdk.handlers import HandlerSpec, run_handler
+from tidings.sdk.outbox import Outbox, Outgoing
+from tidings.sdk.subscription import GapInfo, Message, Subscription
+
+log = logging.getLogger("tidings.sdk")
+
+
+class ConnectionState(Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+def new_id() -> str:
+    """A time-ordered unique id (UUIDv7 layout: 48-bit ms timestamp, then random bits)."""
+    ms = time.time_ns() // 1_000_000
+    rand = uuid.uuid4().int & ((1 << 74) - 1)
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+def error_from_frame(frame: f.Error) -> TidingsError:
+    """Rebuild the exception an ``error`` frame reports."""
+    cls = BY_CODE.get(frame.code, TidingsError)
+    if cls is RetryLater:
+        return RetryLater(frame.message, frame.retry_after_ms or 0)
+    return cls(frame.message)
+
+
+class _Link(WSListener):
+    """One physical connection; reports frames and its end to the agent."""
+
+    def __init__(self, agent: Agent, session: ClientSession) -> None:
+        super().__init__()
+        self.agent = agent
+        self.session = session
+        self.transport: WSTransport | None = None
+        self.flush_scheduled = False
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            self.agent._on_data(self, frame.get_payload_as_memoryview())
+        elif frame.msg_type is WSMsgType.CLOSE:
+            code = frame.get_close_code()
+            self.agent._on_lost(self, code.value, frame.get_close_reason())
+            transport.send_close(WSCloseCode.OK if code is WSCloseCode.NO_INFO else code)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.agent._on_lost(self, WSCloseCode.ABNORMAL_CLOSURE.value, "connection lost")
+
+    def send(self, frame: Any) -> None:
+        self.session.send(frame)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        kind = WSMsgType.BINARY if self.session.codec.binary else WSMsgType.TEXT
+        for data in self.session.data_to_send():
+            transport.send(kind, data)
+
+
+class Agent:
+    """One agent's connection to tidings. Create it with ``tidings.connect()``."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        name: str = "",
+        *,
+        subprotocol: str = JSON,
+        backoff: Backoff | None = None,
+        buffer_messages: int = 10_000,
+        buffer_bytes: int = 16 * 1024 * 1024,
+        when_full: Literal["wait", "raise"] = "wait",
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.name = name
+        self.subprotocol = subprotocol
+        self.backoff = backoff or Backoff()
+        self.connect_timeout = connect_timeout
+        self.outbox = Outbox(buffer_messages, buffer_bytes, when_full)
+        self.lamport = 0
+        self.agent_id = ""
+        self.state = ConnectionState.CONNECTING
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.reconnects = 0
+        self._link: _Link | None = None
+        self._rids = itertools.count(1)
+        self._requests: dict[int, asyncio.Future[Any]] = {}
+        self._pub_rids: dict[int, str] = {}
+        self._sub_rids: dict[int, Subscription] = {}
+        self._subs: dict[Subscription, None] = {}
+        self._by_sid: dict[int, Subscription] = {}
+        self._handlers: list[HandlerSpec] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._state_callbacks: list[Callable[[ConnectionState], Any]] = []
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and wait for ``welcome``; from then on, reconnect by itself.
+
+        Raises the server's error if it refuses (e.g. ``Unauthorized``) and
+        ``ConnectionLost`` if the server cannot be reached.
+        """
+        await self._connect()
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"tidings-agent-{self.name}")
+        for spec in self._handlers:
+            self._start_handler(spec)
+
+    async def close(self) -> None:
+        """Stop reconnecting, close the connection, end every subscription. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in [*self._tasks, *([self._supervisor] if self._supervisor else [])]:
+            task.cancel()
+        for task in [*self._tasks, *([self._supervisor] if self._supervisor else [])]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        link = self._link
+        if link is not None and link.transport is not None and not link.transport.is_disconnected:
+            link.flush()
+            link.transport.send_close(WSCloseCode.OK)
+            link.transport.disconnect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), 5)
+        self._set_state(ConnectionState.CLOSED)
+        self._closed.set()
+        self.outbox.fail_all(ConnectionLost("the agent was closed"))
+        for sub in self._subs:
+            sub._close()
+
+    async def __aenter__(self) -> Agent:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is ConnectionState.OPEN
+
+    def on_state(self, callback: Callable[[ConnectionState], Any]) -> None:
+        """Call ``callback(state)`` on every connection state change."""
+        self._state_callbacks.append(callback)
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        for callback in self._state_callbacks:
+            try:
+                callback(state)
+            except Exception:
+                log.exception("state callback failed")
+
+    async def run_forever(self) -> None:
+        """Wait until the agent is closed (handlers keep running meanwhile)."""
+        await self._closed.wait()
+
+    # -- connecting -----------------------------------------------------------
+
+    async def _connect(self) -> None:
+        hello = f.Hello(token=self.token, client=self.name, rid=0)
+        session = ClientSession(self.subprotocol, hello)
+        link = _Link(self, session)
+        welcome: asyncio.Future[f.Welcome] = asyncio.get_running_loop().create_future()
+        self._welcome = welcome
+        try:
+            await ws_connect(
+                lambda: link,
+                self.url,
+                extra_headers={"Sec-WebSocket-Protocol": self.subprotocol},
+                websocket_handshake_timeout=self.connect_timeout,
+            )
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {self.url}: {exc}") from exc
+        except Exception as exc:  # picows handshake errors
+            raise ConnectionLost(f"WebSocket handshake with {self.url} failed: {exc}") from exc
+        self._link = link
+        self._lost.clear()
+        link.flush()
+        try:
+            frame = await asyncio.wait_for(welcome, self.connect_timeout)
+        except TimeoutError:
+            if link.transport is not None:
+                link.transport.disconnect()
+            raise ConnectionLost("no welcome from the server in time") from None
+        self.agent_id = frame.agent
+        self._set_state(ConnectionState.OPEN)
+        for sub in self._subs:
+            self._send_sub(sub)
+        for out in self.outbox.pending():
+            self._send_pub(out)
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            await self._lost.wait()
+            if self._closing:
+                return
+            self._set_state(ConnectionState.RECONNECTING)
+            for delay in self.backoff.delays():
+                await asyncio.sleep(delay)
+                try:
+                    await self._connect()
+                except TidingsError as exc:
+                    if exc.retriable:
+                        continue
+                    log.error("reconnect refused, giving up: %s", exc)
+                    await self._give_up(exc)
+                    return
+                self.reconnects += 1
+                break
+            else:
+                await self._give_up(
+                    ConnectionLost(f"no connection after {self.backoff.max_attempts} attempts")
+                )
+                return
+
+    async def _give_up(self, exc: TidingsError) -> None:
+        self.close_reason = exc.message
+        self.outbox.fail_all(exc)
+        for sub in self._subs:
+            sub._refused(exc)
+        self._closing = True
+        self._set_state(ConnectionState.CLOSED)
+        self._closed.set()
+
+    def _on_lost(self, link: _Link, code: int, reason: str) -> None:
+        if link is not self._link or self._lost.is_set():
+            return
+        self.close_code = code
+        self.close_reason = self.close_reason or reason
+        link.session.connection_lost()
+        lost = ConnectionLost(f"connection closed ({code}): {reason}")
+        for fut in self._requests.values():
+            if not fut.done():
+                fut.set_exception(lost)
+        self._requests.clear()
+        self._pub_rids.clear()
+        self._sub_rids.clear()
+        self._by_sid.clear()
+        for sub in self._subs:
+            sub._disconnected()
+        if not self._welcome.done():
+            self._welcome.set_exception(lost)
+        self._lost.set()
+        if not self._closing:
+            self._set_state(ConnectionState.RECONNECTING)
+
+    # -- frames in ------------------------------------------------------------
+
+    def _on_data(self, link: _Link, data: memoryview) -> None:
+        link.session.receive_data(data)
+        for frame in link.session.events_received():
+            self._dispatch(frame)
+        if link.session.close_code is not None and not self._welcome.done():
+            self._welcome.set_exception(ProtocolError(link.session.close_reason))
+
+    def _dispatch(self, frame: f.ServerFrame) -> None:
+        if isinstance(frame, f.Msg):
+            if frame.lamport > self.lamport:
+                self.lamport = frame.lamport
+            sub = self._by_sid.get(frame.sid) if frame.sid is not None else None
+            if sub is not None:
+                sub._push(frame)
+        elif isinstance(frame, f.Puback):
+            msg_id = self._pub_rids.pop(frame.rid, None) if frame.rid is not None else None
+            if msg_id is not None:
+                self.outbox.settle(msg_id, result=frame)
+        elif isinstance(frame, f.Subbed):
+            sub = self._sub_rids.pop(frame.rid, None) if frame.rid is not None else None
+            if sub is not None:
+                self._by_sid[frame.sid] = sub
+                sub._subbed(frame)
+        elif isinstance(frame, f.Error):
+            self._on_error(frame)
+        elif isinstance(frame, f.Gap):
+            sub = self._by_sid.get(frame.sid)
+            if sub is not None:
+                sub._gap(GapInfo(frame.topic, frame.reason or "gap", frame.first, frame.last))
+        elif isinstance(frame, f.Dropped):
+            sub = self._by_sid.get(frame.sid)
+            if sub is not None:
+                sub.dropped += frame.count
+        elif isinstance(frame, f.Welcome):
+            if not self._welcome.done():
+                self._welcome.set_result(frame)
+        elif isinstance(frame, f.Unsubbed):
+            fut = self._requests.pop(frame.rid, None) if frame.rid is not None else None
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+
+    def _on_error(self, frame: f.Error) -> None:
+        exc = error_from_frame(frame)
+        if not self._welcome.done():
+            self._welcome.set_exception(exc)
+            return
+        rid = frame.rid
+        if rid is None:
+            log.warning("server error: %s %s", frame.code, frame.message)
+            return
+        if rid in self._pub_rids:
+            msg_id = self._pub_rids.pop(rid)
+            out = self.outbox.items.get(msg_id)
+            if out is not None and exc.retriable:
+                delay = frame.retry_after_ms / 1000 if frame.retry_after_ms else self.backoff.delay(1)
+                asyncio.get_running_loop().call_later(delay, self._resend, msg_id)
+            else:
+                self.outbox.settle(msg_id, error=exc)
+        elif rid in self._sub_rids:
+            self._sub_rids.pop(rid)._refused(exc)
+        elif rid in self._requests:
+            fut = self._requests.pop(rid)
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # -- frames out -----------------------------------------------------------
+
+    def _send(self, frame: Any) -> None:
+        if self._link is not None and self.is_open:
+            self._link.send(frame)
+
+    def _send_sub(self, sub: Subscription) -> None:
+        frame = sub.sub_frame()
+        frame.rid = rid = next(self._rids)
+        self._sub_rids[rid] = sub
+        self._send(frame)
+
+    def _send_pub(self, out: Outgoing) -> None:
+        out.frame.rid = rid = next(self._rids)
+        assert out.frame.id is not None
+        self._pub_rids[rid] = out.frame.id
+        self._send(out.frame)
+
+    def _resend(self, msg_id: str) -> None:
+        out = self.outbox.items.get(msg_id)
+        if out is not None and self.is_open:
+            self._send_pub(out)
+
+    def _settle(self, sub: Subscription, msg: f.Msg, kind: type, delay_ms: int = 0) -> None:
+        if sub.sid is None or msg.offset is None:
+            return  # disconnected: the server will redeliver, and dedup will skip it
+        if kind is f.Nack:
+            self._send(f.Nack(sid=sub.sid, topic=msg.topic, offset=msg.offset, delay_ms=delay_ms))
+        else:
+            self._send(kind(sid=sub.sid, topic=msg.topic, offset=msg.offset))
+
+    # -- publishing -----------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        body: Any = None,
+        *,
+        id: str | None = None,
+        parent: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> f.Puback:
+        """Publish and return the server's ``puback`` (``offset``, ``duplicate``).
+
+        Waits in the local buffer while disconnected and is re-sent with the
+        same id after a reconnect, so it is stored once. Inside a handler,
+        ``parent`` and ``traceparent`` default to the handled message's.
+        Raises the server's error (``Forbidden``, ``InvalidTopic``, ...),
+        ``BufferFull`` when the buffer is full and ``when_full="raise"``, and
+        ``ConnectionLost`` if the agent gives up or is closed first.
+        """
+        if self._closing:
+            raise ConnectionLost("the agent is closed")
+        parent, hdrs = causal_defaults(parent, headers or {})
+        self.lamport += 1
+        frame = f.Pub(
+            topic=topic, body=body, id=id or new_id(), parent=parent, lamport=self.lamport, headers=hdrs
+        )
+        out = await self.outbox.put(frame, len(topic) + len(repr(body)) + 64)
+        if self.is_open:
+            self._send_pub(out)
+        return await out.future
+
+    def publish_nowait(self, topic: str, body: Any = None, *, parent: str | None = None) -> str:
+        """Fire and forget (no ``puback``, not buffered): for signals. Raises if not connected."""
+        if not self.is_open:
+            raise ConnectionLost("not connected")
+        parent, headers = causal_defaults(parent, {})
+        self.lamport += 1
+        msg_id = new_id()
+        self._send(
+            f.Pub(topic=topic, body=body, id=msg_id, parent=parent, lamport=self.lamport, headers=headers)
+        )
+        return msg_id
+
+    # -- subscribing ----------------------------------------------------------
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        consumer: str | None = None,
+        start: f.Start | int | None = None,
+        queue_size: int = 10_000,
+        max_inflight: int | None = None,
+        on_gap: Callable[[GapInfo], Any] | None = None,
+    ) -> Subscription:
+        """Subscribe to a topic or pattern.
+
+        - no ``consumer``, no ``start``: live, from now, at-most-once;
+        - ``start`` (``"earliest"``, ``"latest"``, an offset, a ``Position``):
+          replay the log from there, then continue live with no gap;
+        - ``consumer``: durable; the server keeps a cursor for (agent,
+          consumer, pattern) and redelivers what is not ``msg.ack()``-ed.
+
+        Iterate the result, or await it to know the server has it.
+        """
+        position = f.Position(offset=start) if isinstance(start, int) else start
+        return Subscription(
+            self,
+            pattern,
+            consumer=consumer,
+            start=position,
+            queue_size=queue_size,
+            max_inflight=max_inflight,
+            on_gap=on_gap,
+        )
+
+    def _register(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            return
+        self._subs[sub] = None
+        if self.is_open:
+            self._send_sub(sub)
+
+    async def _unregister(self, sub: Subscription) -> None:
+        self._subs.pop(sub, None)
+        if sub.sid is not None and self.is_open:
+            self._by_sid.pop(sub.sid, None)
+            with contextlib.suppress(TidingsError):
+                await self._request(f.Unsub(sid=sub.sid))
+
+    async def _request(self, frame: Any) -> Any:
+        if not self.is_open:
+            raise ConnectionLost(self.close_reason or "not connected")
+        frame.rid = rid = next(self._rids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._requests[rid] = fut
+        self._send(frame)
+        return await fut
+
+    def on(
+        self,
+        pattern: str,
+        *,
+        consumer: str | None = None,
+        start: f.Start | int | None = None,
+        concurrency: int = 1,
+        nack_delay_ms: int = 200,
+    ) -> Callable[[Callable[[Message], Awaitable[Any]]], Callable[[Message], Awaitable[Any]]]:
+        """Decorate ``async def handler(msg)`` to run for every message on ``pattern``.
+
+        Success acks, an exception nacks (redelivered after ``nack_delay_ms``,
+        doubling per attempt); redeliveries of handled messages are skipped.
+        At most ``concurrency`` messages are handled at once (1: in order).
+        """
+
+        def register(fn: Callable[[Message], Awaitable[Any]]) -> Callable[[Message], Awaitable[Any]]:
+            spec = HandlerSpec(fn, pattern, consumer, start, concurrency, nack_delay_ms)
+            self._handlers.append(spec)
+            if self.is_open:
+                self._start_handler(spec)
+            return fn
+
+        return register
+
+    def _start_handler(self, spec: HandlerSpec) -> None:
+        sub = self.subscribe(
+            spec.pattern, consumer=spec.consumer, start=spec.start, max_inflight=max(spec.concurrency, 1) * 4
+        )
+        task = asyncio.create_task(run_handler(spec, sub), name=f"tidings-handler-{spec.pattern}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def connect(url: str, token: str | None = None, *, name: str = "", **options: Any) -> Agent:
+    """Return an ``Agent``; use it as ``async with tidings.connect(...) as agent:``.
+
+    ``options`` are ``Agent``'s: ``subprotocol``, ``backoff``, ``buffer_messages``,
+    ``buffer_bytes``, ``when_full`` ("wait" or "raise"), ``connect_timeout``.
+    """
+    return Agent(url, token, name, **options)

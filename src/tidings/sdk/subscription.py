@@ -1,0 +1,230 @@
+"""Subscriptions as the agent author sees them, and the messages they yield.
+
+A ``Subscription`` outlives connections: after a reconnect the agent sends its
+``sub`` again (a durable consumer resumes from its server-side cursor, a
+replay reader from the last offset it saw, a live one from now, with the
+missed window recorded as a ``GapInfo``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tidings.protocol import frames as f
+from tidings.sdk.dedup import SeenIds
+
+if TYPE_CHECKING:
+    from tidings.sdk.agent import Agent
+
+
+@dataclass(frozen=True)
+class GapInfo:
+    """Messages this subscription may have missed (live) or that are gone (retention)."""
+
+    topic: str
+    reason: str
+    first: int | None = None  # offsets, when the server knows them
+    last: int | None = None
+    since: float | None = None  # wall-clock window of a disconnection
+    until: float | None = None
+
+
+class Message:
+    """A delivered message. For a durable subscription: ``ack()`` or ``nack()`` it."""
+
+    __slots__ = ("_settled", "_sub", "raw")
+
+    def __init__(self, raw: f.Msg, sub: Subscription) -> None:
+        self.raw = raw
+        self._sub = sub
+        self._settled = False
+
+    topic = property(lambda self: self.raw.topic)
+    id = property(lambda self: self.raw.id)
+    sender = property(lambda self: self.raw.sender)
+    ts = property(lambda self: self.raw.ts)
+    body = property(lambda self: self.raw.body)
+    offset = property(lambda self: self.raw.offset)
+    parent = property(lambda self: self.raw.parent)
+    lamport = property(lambda self: self.raw.lamport)
+    headers = property(lambda self: self.raw.headers)
+    attempt = property(lambda self: self.raw.attempt)
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def ack(self) -> None:
+        """Done with it: the server will not send it again; this agent skips any redelivery."""
+        if not self._settled:
+            self._settled = True
+            self._sub._ack(self)
+
+    def nack(self, delay_ms: int = 0) -> None:
+        """Not done: the server sends it again after ``delay_ms * 2**(attempt-1)``."""
+        if not self._settled:
+            self._settled = True
+            self._sub._nack(self, delay_ms)
+
+    def in_progress(self) -> None:
+        """Still working on it: restart its ``ack_wait`` so it is not redelivered yet."""
+        if not self._settled:
+            self._sub._progress(self)
+
+    def __repr__(self) -> str:
+        return f"Message(topic={self.topic!r}, id={self.id!r}, offset={self.offset}, sender={self.sender!r})"
+
+
+class Subscription:
+    """Iterate it (``async for msg in sub``) or await it first to know the server has it."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        pattern: str,
+        *,
+        consumer: str | None = None,
+        start: f.Start | None = None,
+        queue_size: int = 10_000,
+        max_inflight: int | None = None,
+        on_gap: Callable[[GapInfo], Any] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.pattern = pattern
+        self.consumer = consumer
+        self.start = start
+        self.max_inflight = max_inflight
+        self.on_gap = on_gap
+        self.sid: int | None = None
+        self.head: int | None = None
+        self.gaps: list[GapInfo] = []
+        self.dropped = 0
+        #: ids handled successfully, so redeliveries are not handed out again
+        self.handled = SeenIds()
+        #: replay readers resume per topic after the last offset seen
+        self.last_offsets: dict[str, int] = {}
+        # Live subscriptions drop the oldest when full (at-most-once). Durable
+        # ones are bounded by the server's max_inflight instead.
+        self._queue: deque[f.Msg] = deque(maxlen=queue_size if self.live else None)
+        self._ready = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+        self.disconnected_at: float | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.consumer is None and self.start is None
+
+    @property
+    def durable(self) -> bool:
+        return self.consumer is not None
+
+    def sub_frame(self) -> f.Sub:
+        """The ``sub`` to send on a (re)connection."""
+        start = self.start
+        single_topic = "*" not in self.pattern and not self.pattern.endswith(">")
+        if self.consumer is None and start is not None and self.last_offsets and single_topic:
+            start = f.Position(offset=self.last_offsets.get(self.pattern, 0))
+        return f.Sub(topic=self.pattern, consumer=self.consumer, start=start, max_inflight=self.max_inflight)
+
+    # -- driven by the agent ------------------------------------------------
+
+    def _subbed(self, frame: f.Subbed) -> None:
+        self.sid, self.head = frame.sid, frame.head
+        if self.live and self.disconnected_at is not None:
+            self._gap(GapInfo(self.pattern, "disconnected", since=self.disconnected_at, until=time.time()))
+        self.disconnected_at = None
+        self._subscribed.set()
+
+    def _refused(self, error: BaseException) -> None:
+        self._error = error
+        self._subscribed.set()
+        self._close()
+
+    def _disconnected(self) -> None:
+        self.sid = None
+        if self.disconnected_at is None:
+            self.disconnected_at = time.time()
+        if self.durable:
+            # Unacked deliveries come again on the next connection, to the new sid.
+            self._queue.clear()
+
+    def _push(self, msg: f.Msg) -> None:
+        if msg.offset is not None and not self.durable and self.start is not None:
+            if msg.offset <= self.last_offsets.get(msg.topic, 0):
+                return  # a resumed reader seeing what it already had
+            self.last_offsets[msg.topic] = msg.offset
+        if self._queue.maxlen is not None and len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append(msg)
+        self._ready.set()
+
+    def _gap(self, gap: GapInfo) -> None:
+        self.gaps.append(gap)
+        if self.on_gap is not None:
+            self.on_gap(gap)
+
+    def _close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    # -- acks ---------------------------------------------------------------
+
+    def _key(self, msg: Message) -> str:
+        return f"{msg.topic}\x00{msg.id}"
+
+    def _ack(self, msg: Message) -> None:
+        if self.durable:
+            self.handled.add(self._key(msg))
+            self.agent._settle(self, msg.raw, f.Ack)
+
+    def _nack(self, msg: Message, delay_ms: int) -> None:
+        if self.durable:
+            self.agent._settle(self, msg.raw, f.Nack, delay_ms)
+
+    def _progress(self, msg: Message) -> None:
+        if self.durable:
+            self.agent._settle(self, msg.raw, f.Progress)
+
+    # -- the user's side ----------------------------------------------------
+
+    def __await__(self) -> Any:
+        return self._wait_subscribed().__await__()
+
+    async def _wait_subscribed(self) -> Subscription:
+        self.agent._register(self)
+        await self._subscribed.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        await self._wait_subscribed()
+        while True:
+            while self._queue:
+                raw = self._queue.popleft()
+                msg = Message(raw, self)
+                if self.durable and self._key(msg) in self.handled:
+                    # Handled before, its ack lost (a crash or a reconnect): ack again, skip.
+                    msg._settled = True
+                    self.agent._settle(self, raw, f.Ack)
+                    continue
+                yield msg
+            if self._closed:
+                return
+            self._ready.clear()
+            await self._ready.wait()
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving; the iterator ends after the messages already queued."""
+        await self.agent._unregister(self)
+        self._close()
