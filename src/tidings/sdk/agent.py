@@ -40,9 +40,11 @@ from tidings.protocol import frames as f
 from tidings.protocol.codec import JSON
 from tidings.protocol.session import ClientSession
 from tidings.sdk.backoff import Backoff
+from tidings.sdk.commands import CommandHandler, Commands
 from tidings.sdk.context import causal_defaults
 from tidings.sdk.handlers import HandlerSpec, run_handler
 from tidings.sdk.outbox import Outbox, Outgoing
+from tidings.sdk.requests import Requester
 from tidings.sdk.subscription import GapInfo, Message, Subscription
 
 log = logging.getLogger("tidings.sdk")
@@ -149,6 +151,8 @@ class Agent:
         self._subs: dict[Subscription, None] = {}
         self._by_sid: dict[int, Subscription] = {}
         self._handlers: list[HandlerSpec] = []
+        self._requester = Requester(self)
+        self._commands = Commands(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_callbacks: list[Callable[[ConnectionState], Any]] = []
         self._lost = asyncio.Event()
@@ -168,6 +172,7 @@ class Agent:
         self._supervisor = asyncio.create_task(self._supervise(), name=f"tidings-agent-{self.name}")
         for spec in self._handlers:
             self._start_handler(spec)
+        self._commands.start()
 
     async def close(self) -> None:
         """Stop reconnecting, close the connection, end every subscription. Idempotent."""
@@ -454,6 +459,38 @@ class Agent:
             f.Pub(topic=topic, body=body, id=msg_id, parent=parent, lamport=self.lamport, headers=headers)
         )
         return msg_id
+
+    # -- request/reply and commands (their logic lives in requests.py, commands.py) --
+
+    async def request(
+        self,
+        topic: str,
+        body: Any = None,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the deadline travels with the request, in a header
+    ) -> Message:
+        """Publish a request and return the first reply, or raise ``TimeoutError``.
+
+        The deadline travels in the ``tidings-deadline`` header; if the wait
+        ends without a reply (timeout or cancellation) a cancel notice is
+        published on ``topic``. The token must allow subscribing to
+        ``sig/inbox/<agent-id>``, and responders publishing there.
+        """
+        return await self._requester.request(topic, body, timeout=timeout)
+
+    async def reply(self, request: Message, body: Any = None) -> f.Puback | None:
+        """Answer ``request``; returns None (and sends nothing) if it asked for no reply."""
+        return await self._requester.reply(request, body)
+
+    def on_command(self, name: str) -> Callable[[CommandHandler], CommandHandler]:
+        """Decorate ``async def handler(msg)`` to run for control command ``name``.
+
+        Commands arrive on ``ctl/<agent-id>/commands`` (durable, acked). Each
+        body is ``{"command": name, "key": str, "epoch": int, ...}``; a command
+        whose epoch is older than the last one acted on for the same key is
+        ignored (fencing), so a late ``resume`` cannot undo a later ``cancel``.
+        """
+        return self._commands.on_command(name)
 
     # -- subscribing ----------------------------------------------------------
 
