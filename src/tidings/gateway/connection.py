@@ -186,6 +186,10 @@ class Connection(WSListener):
             self._member(frame.sid).progress(self.subs[frame.sid], frame.topic, frame.offset)
         elif isinstance(frame, f.Nack):
             self._member(frame.sid).nack(self.subs[frame.sid], frame.topic, frame.offset, frame.delay_ms)
+        elif isinstance(frame, f.Chunk):
+            self._check_publish(frame.topic)
+            chunk = f.StreamChunk(frame.stream, frame.topic, frame.seq, self.agent, frame.data)
+            self.gateway.fan_chunk(chunk)
         elif isinstance(frame, f.Hello):
             self._on_hello(frame)
         else:
@@ -259,11 +263,7 @@ class Connection(WSListener):
     def _on_pub(self, pub: f.Pub) -> None:
         assert self.grants is not None
         topic = pub.topic
-        if topic not in self._may_publish:
-            validate_topic(topic, self.gateway.settings.max_topic_length)
-            self.grants.check_publish(topic)
-            if len(self._may_publish) < 4096:
-                self._may_publish.add(topic)
+        self._check_publish(topic)
         msg_id = pub.id or self.gateway.next_id()
         msg = f.Msg(
             topic=topic,
@@ -282,6 +282,16 @@ class Connection(WSListener):
         self.gateway.engine.publish_ephemeral(msg)
         if pub.rid is not None:
             self.session.send(f.Puback(id=msg_id, rid=pub.rid))
+
+    def _check_publish(self, topic: str) -> None:
+        """Raise ``InvalidTopic`` or ``Forbidden`` unless this agent may publish to ``topic``."""
+        if topic in self._may_publish:
+            return
+        assert self.grants is not None
+        validate_topic(topic, self.gateway.settings.max_topic_length)
+        self.grants.check_publish(topic)
+        if len(self._may_publish) < 4096:
+            self._may_publish.add(topic)
 
     def _published(self, task: asyncio.Future[PublishResult], msg_id: str, rid: int | None) -> None:
         """A durable publish finished: answer with ``puback`` (only now: it is on disk) or the error."""

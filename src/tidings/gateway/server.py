@@ -17,6 +17,7 @@ import socket
 import uuid
 from collections.abc import Callable, Sequence
 
+import msgspec
 from picows import (
     WSUpgradeRequest,
     WSUpgradeResponse,
@@ -222,6 +223,19 @@ class Gateway:
                 self.mark_dirty(conn)
         self.stats.delivered += len(subs)
         return len(subs)
+
+    def fan_chunk(self, chunk: f.StreamChunk) -> None:
+        """Send a stream chunk to every live subscription and consumer member on its topic.
+
+        Chunks are ephemeral: a subscriber that is not connected now never sees
+        them; it sees the stream's final, durable message instead.
+        """
+        targets: list[Subscription] = list(self.router.match(chunk.topic)) if len(self.router) else []
+        for consumer in self.consumers.router.match(chunk.topic) if len(self.consumers.router) else ():
+            targets.extend(consumer.members)
+        for sub in targets:
+            sub.conn.session.send(msgspec.structs.replace(chunk, sid=sub.sid))
+            self.mark_dirty(sub.conn)
 
     def mark_dirty(self, conn: Connection) -> None:
         """Flush ``conn`` at the end of this event-loop turn (once, however many frames)."""

@@ -231,4 +231,15 @@ def op_of(frame: object) -> str:
     return tag if isinstance(tag, str) else type(frame).__name__.lower()
 
 
-ServerFrame = Welcome | Subbed | Unsubbed | Msg | Puback | Error | Gap | Dropped | PresenceEvent
+class StreamChunk(msgspec.Struct, tag="chunk", **_FRAME):
+    """Server -> client: one live piece of a stream on a subscribed topic (ephemeral)."""
+
+    stream: str
+    topic: str
+    seq: int
+    sender: str
+    data: Any = None
+    sid: int | None = None
+
+
+ServerFrame = Welcome | Subbed | Unsubbed | Msg | Puback | Error | Gap | Dropped | PresenceEvent | StreamChunk

@@ -61,7 +61,7 @@ _OPEN_CLIENT_FRAMES: frozenset[type] = frozenset(
     {f.Sub, f.Unsub, f.Pub, f.Ack, f.Nack, f.Progress, f.Chunk, f.Commit, f.Abort, f.PresenceUpdate}
 )
 _OPEN_SERVER_FRAMES: frozenset[type] = frozenset(
-    {f.Subbed, f.Unsubbed, f.Msg, f.Puback, f.Error, f.Gap, f.Dropped, f.PresenceEvent}
+    {f.Subbed, f.Unsubbed, f.Msg, f.Puback, f.Error, f.Gap, f.Dropped, f.PresenceEvent, f.StreamChunk}
 )
 
 #: state -> frame type received -> next state. Absent: the frame is not allowed.

@@ -45,6 +45,7 @@ from tidings.sdk.context import causal_defaults
 from tidings.sdk.handlers import HandlerSpec, run_handler
 from tidings.sdk.outbox import Outbox, Outgoing
 from tidings.sdk.requests import Requester
+from tidings.sdk.streams import Stream
 from tidings.sdk.subscription import GapInfo, Message, Subscription
 
 log = logging.getLogger("tidings.sdk")
@@ -345,6 +346,10 @@ class Agent:
                 sub._subbed(frame)
         elif isinstance(frame, f.Error):
             self._on_error(frame)
+        elif isinstance(frame, f.StreamChunk):
+            sub = self._by_sid.get(frame.sid) if frame.sid is not None else None
+            if sub is not None:
+                sub._chunk(frame)
         elif isinstance(frame, f.Gap):
             sub = self._by_sid.get(frame.sid)
             if sub is not None:
@@ -503,6 +508,7 @@ class Agent:
         queue_size: int = 10_000,
         max_inflight: int | None = None,
         on_gap: Callable[[GapInfo], Any] | None = None,
+        streams: bool = False,
     ) -> Subscription:
         """Subscribe to a topic or pattern.
 
@@ -512,6 +518,8 @@ class Agent:
         - ``consumer``: durable; the server keeps a cursor for (agent,
           consumer, pattern) and redelivers what is not ``msg.ack()``-ed.
 
+        With ``streams=True`` it also yields a stream-open message when a
+        stream begins on a matching topic (see ``msg.chunks()``).
         Iterate the result, or await it to know the server has it.
         """
         position = f.Position(offset=start) if isinstance(start, int) else start
@@ -523,7 +531,16 @@ class Agent:
             queue_size=queue_size,
             max_inflight=max_inflight,
             on_gap=on_gap,
+            streams=streams,
         )
+
+    def stream(self, topic: str, *, parent: str | None = None) -> Stream:
+        """``async with agent.stream(topic) as s: await s.write(chunk)``: live chunks, one final message.
+
+        Inside a handler ``parent`` defaults to the handled message, like ``publish``.
+        """
+        parent, _ = causal_defaults(parent, {})
+        return Stream(self, topic, new_id(), parent)
 
     def _register(self, sub: Subscription) -> None:
         if sub in self._subs:

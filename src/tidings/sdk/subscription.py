@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidings.protocol import frames as f
 from tidings.sdk.dedup import SeenIds
+from tidings.sdk.streams import STREAM, STREAM_OPEN, StreamReader
 
 if TYPE_CHECKING:
     from tidings.sdk.agent import Agent
@@ -71,6 +72,23 @@ class Message:
             self._settled = True
             self._sub._nack(self, delay_ms)
 
+    @property
+    def stream_id(self) -> str | None:
+        """The stream this message opens or finishes, if any."""
+        headers = self.raw.headers
+        return headers.get(STREAM_OPEN) or headers.get(STREAM)
+
+    def chunks(self) -> AsyncIterator[Any]:
+        """For a stream-open message: its chunks as they arrive, ending with the stream.
+
+        Raises ``ValueError`` for a message that does not open a stream.
+        """
+        stream = self.raw.headers.get(STREAM_OPEN)
+        reader = self._sub._readers.get(stream) if stream else None
+        if reader is None:
+            raise ValueError("this message does not open a stream (subscribe with streams=True)")
+        return reader.chunks()
+
     def in_progress(self) -> None:
         """Still working on it: restart its ``ack_wait`` so it is not redelivered yet."""
         if not self._settled:
@@ -93,8 +111,11 @@ class Subscription:
         queue_size: int = 10_000,
         max_inflight: int | None = None,
         on_gap: Callable[[GapInfo], Any] | None = None,
+        streams: bool = False,
     ) -> None:
         self.agent = agent
+        self.streams = streams
+        self._readers: dict[str, StreamReader] = {}
         self.pattern = pattern
         self.consumer = consumer
         self.start = start
@@ -155,7 +176,29 @@ class Subscription:
             # Unacked deliveries come again on the next connection, to the new sid.
             self._queue.clear()
 
+    def _chunk(self, chunk: f.StreamChunk) -> None:
+        if not self.streams:
+            return
+        reader = self._readers.get(chunk.stream)
+        if reader is None:
+            if len(self._readers) >= 1000:  # the oldest streams go (finished or abandoned)
+                self._readers.pop(next(iter(self._readers))).finish()
+            reader = self._readers[chunk.stream] = StreamReader()
+            opening = f.Msg(
+                topic=chunk.topic,
+                id=f"{chunk.stream}:open",
+                sender=chunk.sender,
+                ts=int(time.time() * 1000),
+                headers={STREAM_OPEN: chunk.stream},
+            )
+            self._queue.append(opening)
+            self._ready.set()
+        reader.put(chunk.seq, chunk.data)
+
     def _push(self, msg: f.Msg) -> None:
+        stream = msg.headers.get(STREAM)
+        if stream is not None and (reader := self._readers.get(stream)) is not None:
+            reader.finish()  # kept (bounded) so a late ``chunks()`` still reads what came
         if msg.offset is not None and not self.durable and self.start is not None:
             if msg.offset <= self.last_offsets.get(msg.topic, 0):
                 return  # a resumed reader seeing what it already had
