@@ -244,10 +244,10 @@ async def test_health_endpoint(gateway: Gateway) -> None:
 
 async def test_ops_of_later_issues_answer_not_supported(gateway: Gateway, token: str) -> None:
     raw = await authed(gateway.url, token)
-    await raw.send({"op": "chunk", "stream": "s", "topic": "sig/a/b", "seq": 0, "data": "x"})
+    await raw.send({"op": "commit", "stream": "s", "topic": "sig/a/b", "rid": 3})
     err = await raw.recv()
     assert err["code"] == "not_supported"
-    assert "'chunk'" in err["message"]
+    assert "'commit'" in err["message"]
     await raw.send({"op": "ack", "sid": 99, "topic": "conv/a/b", "offset": 1})
     assert (await raw.recv())["code"] == "invalid_frame", "ack for a sid that is not durable"
     await raw.send({"op": "presence", "status": "busy", "rid": 4})
