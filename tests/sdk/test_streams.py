@@ -79,3 +79,48 @@ async def test_an_exception_produces_the_aborted_marker(gateway: Gateway, author
         final = await asyncio.wait_for(anext(it), 3 * UNIT)
         assert final.body == {"aborted": True, "reason": "RuntimeError: model crashed", "text": "partial "}
         assert final.headers["tidings-stream-aborted"] == "RuntimeError"
+
+
+async def test_causal_hold_back_delivers_parents_first(gateway: Gateway, authority: Authority) -> None:
+    async with (
+        tidings.connect(gateway.url, authority.mint("w", **ALL)) as w,
+        tidings.connect(gateway.url, authority.mint("r", **ALL)) as r,
+    ):
+        sub = await r.subscribe("conv/causal/>", causal=True, causal_wait=0.3)
+        plain = await r.subscribe("conv/causal/>")
+        # A reply that overtakes its question (as across shards or gateways it can).
+        hdr = {"tidings-parent-topic": "conv/causal/questions"}
+        await w.publish("conv/causal/answers", "42", id="answer", parent="question", headers=hdr)
+        await w.publish("conv/causal/questions", "meaning?", id="question")
+        await w.publish("conv/causal/answers", "?", id="orphan", parent="lost", headers=hdr)
+        it = aiter(sub)
+        got = [await asyncio.wait_for(anext(it), 3 * UNIT) for _ in range(3)]
+        assert [m.id for m in got] == ["question", "answer", "orphan"]
+        assert [m.causally_late for m in got] == [False, False, True]
+        pit = aiter(plain)
+        assert [(await anext(pit)).id for _ in range(3)] == ["answer", "question", "orphan"]
+
+
+async def test_replies_inside_handlers_carry_the_parent_topic(gateway: Gateway, authority: Authority) -> None:
+    async with tidings.connect(gateway.url, authority.mint("x", **ALL)) as agent:
+        done = asyncio.Event()
+        replies: list[tidings.Message] = []
+
+        @agent.on("conv/pt/in", consumer="x")
+        async def handle(msg: tidings.Message) -> None:
+            await agent.publish("conv/pt/out", "reply")
+
+        out = await agent.subscribe("conv/pt/out")
+
+        async def collect() -> None:
+            async for m in out:
+                replies.append(m)
+                done.set()
+
+        task = asyncio.create_task(collect())
+        await asyncio.sleep(0.1)
+        first = await agent.publish("conv/pt/in", "hi")
+        await asyncio.wait_for(done.wait(), 3 * UNIT)
+        task.cancel()
+        assert replies[0].parent == first.id
+        assert replies[0].headers["tidings-parent-topic"] == "conv/pt/in"

@@ -62,7 +62,10 @@ def test_causal_defaults_come_from_the_message_being_handled() -> None:
     msg = f.Msg(topic="conv/a/b", id="m1", sender="x", ts=1, headers={"traceparent": "00-t-s-01"})
     token = current_message.set(msg)
     try:
-        assert causal_defaults(None, {}) == ("m1", {"traceparent": "00-t-s-01"})
+        assert causal_defaults(None, {}) == (
+            "m1",
+            {"traceparent": "00-t-s-01", "tidings-parent-topic": "conv/a/b"},
+        )
         assert causal_defaults("explicit", {"traceparent": "mine"}) == ("explicit", {"traceparent": "mine"})
     finally:
         current_message.reset(token)

@@ -509,6 +509,8 @@ class Agent:
         max_inflight: int | None = None,
         on_gap: Callable[[GapInfo], Any] | None = None,
         streams: bool = False,
+        causal: bool = False,
+        causal_wait: float = 1.0,
     ) -> Subscription:
         """Subscribe to a topic or pattern.
 
@@ -518,6 +520,10 @@ class Agent:
         - ``consumer``: durable; the server keeps a cursor for (agent,
           consumer, pattern) and redelivers what is not ``msg.ack()``-ed.
 
+        With ``causal=True`` a message whose parent is on a topic this
+        subscription gets, but has not arrived yet, is held back until the
+        parent comes (at most ``causal_wait`` seconds; then it is delivered
+        with ``msg.causally_late`` set).
         With ``streams=True`` it also yields a stream-open message when a
         stream begins on a matching topic (see ``msg.chunks()``).
         Iterate the result, or await it to know the server has it.
@@ -532,6 +538,8 @@ class Agent:
             max_inflight=max_inflight,
             on_gap=on_gap,
             streams=streams,
+            causal=causal,
+            causal_wait=causal_wait,
         )
 
     def stream(self, topic: str, *, parent: str | None = None) -> Stream:

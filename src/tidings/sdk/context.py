@@ -10,6 +10,8 @@ from tidings.protocol import frames as f
 current_message: ContextVar[f.Msg | None] = ContextVar("tidings_current_message", default=None)
 
 TRACEPARENT = "traceparent"
+#: The topic of the ``parent`` message, so subscribers can hold back for it.
+PARENT_TOPIC = "tidings-parent-topic"
 
 
 def causal_defaults(parent: str | None, headers: dict[str, str]) -> tuple[str | None, dict[str, str]]:
@@ -19,6 +21,8 @@ def causal_defaults(parent: str | None, headers: dict[str, str]) -> tuple[str | 
         return parent, headers
     if parent is None:
         parent = msg.id
+        if PARENT_TOPIC not in headers:
+            headers = {**headers, PARENT_TOPIC: msg.topic}
     trace = msg.headers.get(TRACEPARENT)
     if trace is not None and TRACEPARENT not in headers:
         headers = {**headers, TRACEPARENT: trace}

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tidings.protocol import frames as f
+from tidings.protocol.topics import matches
+from tidings.sdk.context import PARENT_TOPIC
 from tidings.sdk.dedup import SeenIds
 from tidings.sdk.streams import STREAM, STREAM_OPEN, StreamReader
 
@@ -73,6 +75,11 @@ class Message:
             self._sub._nack(self, delay_ms)
 
     @property
+    def causally_late(self) -> bool:
+        """Delivered without its parent, after the subscription's ``causal_wait`` ran out."""
+        return self.id in self._sub.causally_late
+
+    @property
     def stream_id(self) -> str | None:
         """The stream this message opens or finishes, if any."""
         headers = self.raw.headers
@@ -112,9 +119,18 @@ class Subscription:
         max_inflight: int | None = None,
         on_gap: Callable[[GapInfo], Any] | None = None,
         streams: bool = False,
+        causal: bool = False,
+        causal_wait: float = 1.0,
     ) -> None:
         self.agent = agent
         self.streams = streams
+        #: hold a message back until its parent (on a topic we get) was delivered
+        self.causal = causal
+        self.causal_wait = causal_wait
+        self._held: dict[str, list[f.Msg]] = {}
+        self._delivered = SeenIds(ttl=600.0, max_entries=100_000)
+        #: ids of messages delivered after ``causal_wait`` without their parent
+        self.causally_late = SeenIds(ttl=600.0, max_entries=10_000)
         self._readers: dict[str, StreamReader] = {}
         self.pattern = pattern
         self.consumer = consumer
@@ -196,6 +212,43 @@ class Subscription:
         reader.put(chunk.seq, chunk.data)
 
     def _push(self, msg: f.Msg) -> None:
+        if self.causal and self._hold_back(msg):
+            return
+        self._enqueue(msg)
+        self._release_children(msg.id)
+
+    # -- causal hold-back -------------------------------------------------------
+
+    def _hold_back(self, msg: f.Msg) -> bool:
+        """Hold ``msg`` if its parent is on a topic this subscription gets but has not come yet."""
+        parent, parent_topic = msg.parent, msg.headers.get(PARENT_TOPIC)
+        if parent is None or parent_topic is None or not matches(self.pattern, parent_topic):
+            return False
+        if parent in self._delivered:
+            return False
+        self._held.setdefault(parent, []).append(msg)
+        asyncio.get_running_loop().call_later(self.causal_wait, self._give_up_waiting, parent, msg)
+        return True
+
+    def _release_children(self, msg_id: str) -> None:
+        for child in self._held.pop(msg_id, ()):
+            self._enqueue(child)
+            self._release_children(child.id)
+
+    def _give_up_waiting(self, parent: str, msg: f.Msg) -> None:
+        waiting = self._held.get(parent)
+        if waiting is None or msg not in waiting:
+            return
+        waiting.remove(msg)
+        if not waiting:
+            del self._held[parent]
+        self.causally_late.add(msg.id)
+        self._enqueue(msg)
+        self._release_children(msg.id)
+
+    def _enqueue(self, msg: f.Msg) -> None:
+        if self.causal:
+            self._delivered.add(msg.id)
         stream = msg.headers.get(STREAM)
         if stream is not None and (reader := self._readers.get(stream)) is not None:
             reader.finish()  # kept (bounded) so a late ``chunks()`` still reads what came
