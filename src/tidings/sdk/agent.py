@@ -26,16 +26,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from types import TracebackType
 from typing import Any, Literal
 
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, ws_connect
 
-from tidings.errors import BY_CODE, ConnectionLost, ProtocolError, RetryLater, TidingsError
+from tidings.errors import ConnectionLost, ProtocolError, TidingsError
 from tidings.protocol import frames as f
 from tidings.protocol.codec import JSON
 from tidings.protocol.session import ClientSession
@@ -43,6 +41,7 @@ from tidings.sdk.backoff import Backoff
 from tidings.sdk.commands import CommandHandler, Commands
 from tidings.sdk.context import causal_defaults
 from tidings.sdk.handlers import HandlerSpec, run_handler
+from tidings.sdk.link import Link, error_from_frame, new_id
 from tidings.sdk.outbox import Outbox, Outgoing
 from tidings.sdk.requests import Requester
 from tidings.sdk.streams import Stream
@@ -56,63 +55,6 @@ class ConnectionState(Enum):
     OPEN = "open"
     RECONNECTING = "reconnecting"
     CLOSED = "closed"
-
-
-def new_id() -> str:
-    """A time-ordered unique id (UUIDv7 layout: 48-bit ms timestamp, then random bits)."""
-    ms = time.time_ns() // 1_000_000
-    rand = uuid.uuid4().int & ((1 << 74) - 1)
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
-    return str(uuid.UUID(int=value))
-
-
-def error_from_frame(frame: f.Error) -> TidingsError:
-    """Rebuild the exception an ``error`` frame reports."""
-    cls = BY_CODE.get(frame.code, TidingsError)
-    if cls is RetryLater:
-        return RetryLater(frame.message, frame.retry_after_ms or 0)
-    return cls(frame.message)
-
-
-class _Link(WSListener):
-    """One physical connection; reports frames and its end to the agent."""
-
-    def __init__(self, agent: Agent, session: ClientSession) -> None:
-        super().__init__()
-        self.agent = agent
-        self.session = session
-        self.transport: WSTransport | None = None
-        self.flush_scheduled = False
-
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self.transport = transport
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            self.agent._on_data(self, frame.get_payload_as_memoryview())
-        elif frame.msg_type is WSMsgType.CLOSE:
-            code = frame.get_close_code()
-            self.agent._on_lost(self, code.value, frame.get_close_reason())
-            transport.send_close(WSCloseCode.OK if code is WSCloseCode.NO_INFO else code)
-            transport.disconnect()
-
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.agent._on_lost(self, WSCloseCode.ABNORMAL_CLOSURE.value, "connection lost")
-
-    def send(self, frame: Any) -> None:
-        self.session.send(frame)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.flush_scheduled = False
-        transport = self.transport
-        if transport is None or transport.is_disconnected:
-            return
-        kind = WSMsgType.BINARY if self.session.codec.binary else WSMsgType.TEXT
-        for data in self.session.data_to_send():
-            transport.send(kind, data)
 
 
 class Agent:
@@ -144,7 +86,7 @@ class Agent:
         self.close_code: int | None = None
         self.close_reason = ""
         self.reconnects = 0
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._rids = itertools.count(1)
         self._requests: dict[int, asyncio.Future[Any]] = {}
         self._pub_rids: dict[int, str] = {}
@@ -234,7 +176,7 @@ class Agent:
     async def _connect(self) -> None:
         hello = f.Hello(token=self.token, client=self.name, rid=0)
         session = ClientSession(self.subprotocol, hello)
-        link = _Link(self, session)
+        link = Link(self, session)
         welcome: asyncio.Future[f.Welcome] = asyncio.get_running_loop().create_future()
         self._welcome = welcome
         try:
@@ -297,7 +239,7 @@ class Agent:
         self._set_state(ConnectionState.CLOSED)
         self._closed.set()
 
-    def _on_lost(self, link: _Link, code: int, reason: str) -> None:
+    def _on_lost(self, link: Link, code: int, reason: str) -> None:
         if link is not self._link or self._lost.is_set():
             return
         self.close_code = code
@@ -321,7 +263,7 @@ class Agent:
 
     # -- frames in ------------------------------------------------------------
 
-    def _on_data(self, link: _Link, data: memoryview) -> None:
+    def _on_data(self, link: Link, data: memoryview) -> None:
         link.session.receive_data(data)
         for frame in link.session.events_received():
             self._dispatch(frame)

@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tidings.protocol import frames as f
+from tidings.sdk.link import new_id
 from tidings.sdk.subscription import Message, Subscription
 
 if TYPE_CHECKING:
@@ -49,12 +50,6 @@ def deadline_left(msg: f.Msg) -> float | None:
 
 def is_cancel(msg: f.Msg) -> bool:
     return CANCEL in msg.headers
-
-
-def new_id() -> str:
-    from tidings.sdk.agent import new_id as make
-
-    return make()
 
 
 class Requester:
