@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from typing import Any
 
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from tidings.bench.harness import BenchServer, pin_to
 
 HELLO = b'{"op":"hello","client":"bench"}'
 
@@ -41,32 +37,6 @@ class Counter(WSListener):
         self.count += n
         if b'"op":"subbed"' in data:
             self.ready.set()
-
-
-def start_server(coalesce: bool) -> tuple[subprocess.Popen[str], str, str]:
-    data_dir = tempfile.mkdtemp(prefix="tidings-bench-")
-    env = {**os.environ, "TIDINGS_COALESCE": "1" if coalesce else "0", "TIDINGS_LOG_LEVEL": "warning"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "tidings",
-        "serve",
-        "--port",
-        "0",
-        "--allow-anonymous",
-        "--data-dir",
-        data_dir,
-    ]
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", "0", *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("server exited")
-        if m := re.search(r"listening on (ws://\S+)", line):
-            return proc, m.group(1), data_dir
 
 
 async def run_load(url: str, subscribers: int, body_bytes: int, duration: float) -> dict[str, Any]:
@@ -106,27 +76,14 @@ async def run_load(url: str, subscribers: int, body_bytes: int, duration: float)
     }
 
 
-def server_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(coalesce: bool, subscribers: int, body_bytes: int, duration: float) -> dict[str, Any]:
-    proc, url, data_dir = start_server(coalesce)
-    try:
-        cpu_before = server_cpu_seconds(proc.pid)
-        result = uvloop.run(run_load(url, subscribers, body_bytes, duration))
-        cpu = server_cpu_seconds(proc.pid) - cpu_before
-        result["coalesce"] = coalesce
-        result["server_cpu_us_per_delivery"] = round(cpu * 1e6 / max(1, result["deliveries"]), 3)
-        return result
-    finally:
-        proc.terminate()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with BenchServer(env={"TIDINGS_COALESCE": "1" if coalesce else "0"}) as server:
+        cpu_before = server.cpu_seconds()
+        result = uvloop.run(run_load(server.url, subscribers, body_bytes, duration))
+        cpu = server.cpu_seconds() - cpu_before
+    result["coalesce"] = coalesce
+    result["server_cpu_us_per_delivery"] = round(cpu * 1e6 / max(1, result["deliveries"]), 3)
+    return result
 
 
 def main() -> None:
@@ -139,8 +96,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="each figure is the median of this many runs")
     parser.add_argument("--compare-coalescing", action="store_true")
     args = parser.parse_args()
-    if shutil.which("taskset"):
-        os.sched_setaffinity(0, {1})
+    pin_to(1)
     modes = [True, False] if args.compare_coalescing else [True]
     for n in args.subscribers:
         for size in args.body_bytes:

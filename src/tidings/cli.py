@@ -117,7 +117,8 @@ def token(
 
 
 URLOpt = Annotated[str, typer.Option(help="Gateway URL.", envvar="TIDINGS_URL")]
-TokenOpt = Annotated[str | None, typer.Option(help="Agent token.", envvar="TIDINGS_TOKEN")]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="Agent token.", envvar="TIDINGS_TOKEN")]
+CountOpt = Annotated[int, typer.Option(help="Stop after this many messages (0: never).")]
 
 
 @app.command()
@@ -125,7 +126,7 @@ def pub(
     topic: str,
     body: Annotated[str, typer.Argument(help="JSON body (a bare word is sent as a string).")],
     url: URLOpt = "ws://127.0.0.1:7700/",
-    token_: Annotated[str | None, typer.Option("--token", envvar="TIDINGS_TOKEN")] = None,
+    token_: TokenOpt = None,
     parent: Annotated[str | None, typer.Option(help="Id of the message this one answers.")] = None,
 ) -> None:
     """Publish one message and print its puback."""
@@ -144,30 +145,34 @@ def pub(
     _guard(run)
 
 
+async def _print_messages(
+    url: str, token: str | None, pattern: str, start: Any = None, count: int = 0, replay: bool = False
+) -> None:
+    """Print what a subscription yields as JSON lines; stop after ``count`` (0: never),
+    or, for a replay, at the topic's head when the replay began."""
+    import msgspec
+
+    from tidings.sdk import connect
+
+    async with connect(url, token, name="tidings-cli") as agent:
+        sub = await agent.subscribe(pattern, start=start)
+        if replay and (not sub.head or sub.head <= (start or 0)):
+            return
+        seen = 0
+        async for msg in sub:
+            sys.stdout.write(msgspec.json.encode(msg.raw).decode() + "\n")
+            sys.stdout.flush()
+            seen += 1
+            if (count and seen >= count) or (replay and sub.head and (msg.offset or 0) >= sub.head):
+                return
+
+
 @app.command()
 def sub(
-    pattern: str,
-    url: URLOpt = "ws://127.0.0.1:7700/",
-    token_: Annotated[str | None, typer.Option("--token", envvar="TIDINGS_TOKEN")] = None,
-    count: Annotated[int, typer.Option(help="Stop after this many messages (0: never).")] = 0,
+    pattern: str, url: URLOpt = "ws://127.0.0.1:7700/", token_: TokenOpt = None, count: CountOpt = 0
 ) -> None:
     """Subscribe (live) and print each message as a JSON line."""
-
-    async def run() -> None:
-        import msgspec
-
-        from tidings.sdk import connect
-
-        async with connect(url, token_, name="tidings-cli") as agent:
-            seen = 0
-            async for msg in agent.subscribe(pattern):
-                sys.stdout.write(msgspec.json.encode(msg.raw).decode() + "\n")
-                sys.stdout.flush()
-                seen += 1
-                if count and seen >= count:
-                    return
-
-    _guard(run)
+    _guard(lambda: _print_messages(url, token_, pattern, count=count))
 
 
 @app.command()
@@ -175,52 +180,18 @@ def replay(
     topic: str,
     from_: Annotated[int, typer.Option("--from", help="Print messages after this offset.")] = 0,
     url: URLOpt = "ws://127.0.0.1:7700/",
-    token_: Annotated[str | None, typer.Option("--token", envvar="TIDINGS_TOKEN")] = None,
+    token_: TokenOpt = None,
 ) -> None:
     """Print a durable topic's history after an offset as JSON lines, then exit."""
-
-    async def run() -> None:
-        import msgspec
-
-        from tidings.sdk import connect
-
-        async with connect(url, token_, name="tidings-cli") as agent:
-            sub = await agent.subscribe(topic, start=from_)
-            if not sub.head or sub.head <= from_:
-                return
-            async for msg in sub:
-                sys.stdout.write(msgspec.json.encode(msg.raw).decode() + "\n")
-                if msg.offset is not None and msg.offset >= sub.head:
-                    break
-            sys.stdout.flush()
-
-    _guard(run)
+    _guard(lambda: _print_messages(url, token_, topic, start=from_, replay=True))
 
 
 @app.command()
 def tail(
-    pattern: str,
-    url: URLOpt = "ws://127.0.0.1:7700/",
-    token_: Annotated[str | None, typer.Option("--token", envvar="TIDINGS_TOKEN")] = None,
-    count: Annotated[int, typer.Option(help="Stop after this many messages (0: never).")] = 0,
+    pattern: str, url: URLOpt = "ws://127.0.0.1:7700/", token_: TokenOpt = None, count: CountOpt = 0
 ) -> None:
     """Follow a durable topic or pattern from now on, as JSON lines (with offsets)."""
-
-    async def run() -> None:
-        import msgspec
-
-        from tidings.sdk import connect
-
-        async with connect(url, token_, name="tidings-cli") as agent:
-            seen = 0
-            async for msg in agent.subscribe(pattern, start="latest"):
-                sys.stdout.write(msgspec.json.encode(msg.raw).decode() + "\n")
-                sys.stdout.flush()
-                seen += 1
-                if count and seen >= count:
-                    return
-
-    _guard(run)
+    _guard(lambda: _print_messages(url, token_, pattern, start="latest", count=count))
 
 
 def _guard(run: Any) -> None:
