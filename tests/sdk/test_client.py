@@ -228,3 +228,59 @@ async def test_handler_exception_nacks_and_redelivery_is_handled_once(
         await asyncio.wait_for(ok.wait(), 5 * UNIT)
         await asyncio.sleep(0.3)
     assert calls == [("job", 1), ("job", 2), ("job", 3)]
+
+
+async def test_tail_reader_on_a_pattern_resumes_without_loss(authority: Authority) -> None:
+    port = free_port()
+    gw = await start(authority, port)
+    token = authority.mint("t", **ALL)
+    reader = tidings.connect(gw.url, token, backoff=FAST)
+    writer = tidings.connect(gw.url, token, backoff=FAST)
+    await reader.open()
+    await writer.open()
+    sub = await reader.subscribe("conv/tail/>", start="latest")
+    got: list[Any] = []
+
+    async def collect() -> None:
+        async for m in sub:
+            got.append(m.body)
+
+    task = asyncio.create_task(collect())
+    try:
+        await writer.publish("conv/tail/a", "before")
+        await wait_for(lambda: got == ["before"])
+        await gw.stop()
+        await wait_for(lambda: not reader.is_open)
+        gw = await start(authority, port)
+        await wait_for(lambda: writer.is_open)
+        await writer.publish("conv/tail/a", "during")  # may land before the reader is back
+        await writer.publish("conv/tail/b", "new topic")
+        await wait_for(lambda: len(got) >= 3)
+        await asyncio.sleep(0.2)
+        assert got == ["before", "during", "new topic"], "nothing lost, nothing repeated"
+    finally:
+        task.cancel()
+        await reader.close()
+        await writer.close()
+        await gw.stop()
+
+
+async def test_iteration_raises_when_the_agent_gives_up(authority: Authority) -> None:
+    port = free_port()
+    gw = await start(authority, port)
+    agent = tidings.connect(
+        gw.url, authority.mint("g", **ALL), backoff=tidings.Backoff(base=0.01, cap=0.02, max_attempts=2)
+    )
+    await agent.open()
+    sub = await agent.subscribe("sig/giveup/>")
+    await gw.stop()
+
+    async def drain() -> None:
+        async with asyncio.timeout(5 * UNIT):
+            async for _ in sub:
+                pass
+
+    with pytest.raises(ConnectionLost):
+        await drain()
+    assert agent.state is tidings.ConnectionState.CLOSED
+    await agent.close()

@@ -534,7 +534,9 @@ class Agent:
         def register(fn: Callable[[Message], Awaitable[Any]]) -> Callable[[Message], Awaitable[Any]]:
             spec = HandlerSpec(fn, pattern, consumer, start, concurrency, nack_delay_ms)
             self._handlers.append(spec)
-            if self.is_open:
+            if self._supervisor is not None and not self._closing:
+                # Opened already (maybe reconnecting right now): its sub is sent
+                # now or with the other subscriptions on the next connection.
                 self._start_handler(spec)
             return fn
 

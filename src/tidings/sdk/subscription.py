@@ -21,6 +21,8 @@ from tidings.sdk.context import PARENT_TOPIC
 from tidings.sdk.dedup import SeenIds
 from tidings.sdk.streams import STREAM, STREAM_OPEN, StreamReader
 
+RESUME_MARGIN_MS = 1000
+
 if TYPE_CHECKING:
     from tidings.sdk.agent import Agent
 
@@ -145,6 +147,8 @@ class Subscription:
         self.handled = SeenIds()
         #: replay readers resume per topic after the last offset seen
         self.last_offsets: dict[str, int] = {}
+        #: and, for a pattern, from about the newest time seen (ms)
+        self.resume_from_ms: int | None = None
         # Live subscriptions drop the oldest when full (at-most-once). Durable
         # ones are bounded by the server's max_inflight instead.
         self._queue: deque[f.Msg] = deque(maxlen=queue_size if self.live else None)
@@ -163,17 +167,33 @@ class Subscription:
         return self.consumer is not None
 
     def sub_frame(self) -> f.Sub:
-        """The ``sub`` to send on a (re)connection."""
+        """The ``sub`` to send on a (re)connection.
+
+        A replay reader resumes rather than starting over: one topic after the
+        last offset it saw; a ``latest`` pattern from a little before the newest
+        message it saw (or before it first subscribed), since one ``from``
+        cannot name an offset per topic; other patterns from their original
+        start. What it saw already is skipped by offset, per topic (``_push``),
+        so nothing is missed and nothing repeated; with ``latest``, a topic it
+        never saw may show up to ``RESUME_MARGIN_MS`` of older messages.
+        """
         start = self.start
-        single_topic = "*" not in self.pattern and not self.pattern.endswith(">")
-        if self.consumer is None and start is not None and self.last_offsets and single_topic:
-            start = f.Position(offset=self.last_offsets.get(self.pattern, 0))
+        if self.consumer is None and start is not None and self.resume_from_ms is not None:
+            single_topic = "*" not in self.pattern and not self.pattern.endswith(">")
+            if single_topic and self.pattern in self.last_offsets:
+                start = f.Position(offset=self.last_offsets[self.pattern])
+            elif start == "latest":
+                start = f.Position(time=self.resume_from_ms - RESUME_MARGIN_MS)
+            # else: the original start again (earliest, an offset, a time); what was
+            # seen already is skipped by offset in ``_push``.
         return f.Sub(topic=self.pattern, consumer=self.consumer, start=start, max_inflight=self.max_inflight)
 
     # -- driven by the agent ------------------------------------------------
 
     def _subbed(self, frame: f.Subbed) -> None:
         self.sid, self.head = frame.sid, frame.head
+        if self.resume_from_ms is None:
+            self.resume_from_ms = int(time.time() * 1000)
         if self.live and self.disconnected_at is not None:
             self._gap(GapInfo(self.pattern, "disconnected", since=self.disconnected_at, until=time.time()))
         self.disconnected_at = None
@@ -191,6 +211,7 @@ class Subscription:
         if self.durable:
             # Unacked deliveries come again on the next connection, to the new sid.
             self._queue.clear()
+            self._held.clear()
 
     def _chunk(self, chunk: f.StreamChunk) -> None:
         if not self.streams:
@@ -256,6 +277,7 @@ class Subscription:
             if msg.offset <= self.last_offsets.get(msg.topic, 0):
                 return  # a resumed reader seeing what it already had
             self.last_offsets[msg.topic] = msg.offset
+            self.resume_from_ms = max(self.resume_from_ms or 0, msg.ts)
         if self._queue.maxlen is not None and len(self._queue) == self._queue.maxlen:
             self.dropped += 1
         self._queue.append(msg)
@@ -316,6 +338,8 @@ class Subscription:
                     continue
                 yield msg
             if self._closed:
+                if self._error is not None:
+                    raise self._error  # the agent gave up: not a normal end
                 return
             self._ready.clear()
             await self._ready.wait()
