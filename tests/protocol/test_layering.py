@@ -53,3 +53,12 @@ def test_core_packages_import_no_networking(package: str) -> None:
 def test_protocol_uses_no_asyncio_at_all() -> None:
     for path in (SRC / "protocol").rglob("*.py"):
         assert not any(n.split(".")[0] == "asyncio" for n in imported_modules(path)), path
+
+
+def test_sdk_needs_nothing_of_the_server() -> None:
+    """The SDK works without the server: it imports the protocol, never the server's parts."""
+    server_parts = ("tidings.gateway", "tidings.engine", "tidings.log", "tidings.control", "tidings.config",
+                    "tidings.auth", "tidings.cli", "tidings.demo", "fastapi", "uvicorn", "nats")  # fmt: skip
+    for path in (SRC / "sdk").rglob("*.py"):
+        for name in imported_modules(path):
+            assert not name.startswith(server_parts), f"{path.relative_to(SRC)} imports {name}"
