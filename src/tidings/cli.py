@@ -228,6 +228,9 @@ def bench(
     publishers: Annotated[int, typer.Option(help="Concurrent publishers (w2).")] = 32,
     duration: Annotated[float, typer.Option(help="Seconds to measure.")] = 5.0,
     body_bytes: Annotated[int, typer.Option(help="Message body size.")] = 200,
+    connections: Annotated[
+        int | None, typer.Option(help="Connections the publishers share (w2; default: one each).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run one benchmark workload against a fresh local server and print its figures."""
@@ -236,7 +239,7 @@ def bench(
         raise typer.Exit(2)
     from tidings.bench import w2
 
-    result = w2.run(publishers=publishers, duration=duration, body_bytes=body_bytes)
+    result = w2.run(publishers=publishers, duration=duration, body_bytes=body_bytes, connections=connections)
     if as_json:
         print(json.dumps(result))
     else:

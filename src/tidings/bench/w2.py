@@ -1,8 +1,9 @@
 """W2, durable publish: N concurrent publishers, fsync before every ack.
 
-Each publisher is one connection with one publish in flight: it sends a
-``pub`` with a ``rid``, waits for the ``puback`` (sent only after the group
-commit's fdatasync), and publishes again. Topics spread over every shard.
+Each publisher has one publish in flight: it sends a ``pub`` with a ``rid``,
+waits for the ``puback`` (sent only after the group commit's fdatasync), and
+publishes again. By default every publisher has its own connection; with
+``connections`` they share that many. Topics spread over every shard.
 """
 
 from __future__ import annotations
@@ -12,72 +13,105 @@ import json
 import time
 from typing import Any
 
+import msgspec
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from tidings.bench.harness import BenchServer, percentile, pin_to
 
 HELLO = b'{"op":"hello","client":"bench-w2"}'
+_decode = msgspec.json.Decoder()
 
 
-class Publisher(WSListener):
-    def __init__(self, index: int, body_bytes: int, latencies: list[float]) -> None:
-        self.index = index
+class Publishers(WSListener):
+    """One connection carrying ``count`` publishers, each with one publish in flight.
+
+    Publisher ``i`` of the connection uses ``rid = i``. The pubacks that arrive in
+    one WebSocket message are answered with one WebSocket message holding the next
+    publish of each of those publishers (what the SDK does within a loop turn).
+    """
+
+    def __init__(self, first: int, count: int, body_bytes: int, latencies: list[float]) -> None:
+        self.first = first
+        self.count = count
         self.seq = 0
         self.acked = 0
         self.latencies = latencies
         self.transport: WSTransport | None = None
         self.running = False
-        self.sent_at = 0.0
+        self.sent_at = [0.0] * count
         body = json.dumps("x" * max(0, body_bytes - 2)).encode()
-        topic = f"conv/g{index % 64}/chat-{index}".encode()
-        self._head = b'{"op":"pub","topic":"%b","body":%b,"rid":1,"id":"' % (topic, body)
+        self._heads = [
+            b'{"op":"pub","topic":"conv/g%d/chat-%d","body":%b,"rid":%d,"id":"'
+            % ((first + i) % 64, first + i, body, i)
+            for i in range(count)
+        ]
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         transport.send(WSMsgType.TEXT, HELLO)
 
-    def publish(self) -> None:
-        assert self.transport is not None
+    def _frame(self, i: int, now: float) -> bytes:
         self.seq += 1
-        self.sent_at = time.perf_counter()
-        self.transport.send(WSMsgType.TEXT, self._head + b'p%d-%d"}' % (self.index, self.seq))
+        self.sent_at[i] = now
+        return self._heads[i] + b'p%d-%d"}' % (self.first, self.seq)
+
+    def publish_all(self) -> None:
+        assert self.transport is not None
+        now = time.perf_counter()
+        frames = [self._frame(i, now) for i in range(self.count)]
+        self.transport.send(WSMsgType.TEXT, b"[" + b",".join(frames) + b"]")
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        data = frame.get_payload_as_bytes()
-        if b'"op":"puback"' in data:
-            if self.running:
-                self.latencies.append(time.perf_counter() - self.sent_at)
+        decoded = _decode.decode(frame.get_payload_as_memoryview())
+        frames = decoded if isinstance(decoded, list) else [decoded]
+        now = time.perf_counter()
+        out = []
+        for f in frames:
+            op = f.get("op")
+            if op == "puback" and self.running:
+                i = f["rid"]
+                self.latencies.append(now - self.sent_at[i])
                 self.acked += 1
-                self.publish()
-        elif b'"op":"error"' in data:
-            raise RuntimeError(data.decode())
+                out.append(self._frame(i, now))
+            elif op == "error":
+                raise RuntimeError(str(f))
+        if out:
+            transport.send(WSMsgType.TEXT, out[0] if len(out) == 1 else b"[" + b",".join(out) + b"]")
 
 
-async def _load(url: str, publishers: int, duration: float, body_bytes: int) -> dict[str, Any]:
+async def _load(
+    url: str, publishers: int, duration: float, body_bytes: int, connections: int | None = None
+) -> dict[str, Any]:
     latencies: list[float] = []
-    pubs: list[Publisher] = []
-    for i in range(publishers):
-        _, listener = await ws_connect(lambda i=i: Publisher(i, body_bytes, latencies), url)
-        assert isinstance(listener, Publisher)
-        pubs.append(listener)
+    conns: list[Publishers] = []
+    n_conn = max(1, min(connections or publishers, publishers))
+    for c in range(n_conn):
+        first = c * publishers // n_conn
+        count = (c + 1) * publishers // n_conn - first
+        _, listener = await ws_connect(
+            lambda first=first, count=count: Publishers(first, count, body_bytes, latencies), url
+        )
+        assert isinstance(listener, Publishers)
+        conns.append(listener)
     await asyncio.sleep(0.2)
-    for p in pubs:  # warm-up: one round trip each
+    for p in conns:  # warm-up
         p.running = True
-        p.publish()
+        p.publish_all()
     await asyncio.sleep(0.5)
     latencies.clear()
-    base = sum(p.acked for p in pubs)
+    base = sum(p.acked for p in conns)
     started = time.perf_counter()
     cpu0 = time.process_time()
     await asyncio.sleep(duration)
     elapsed = time.perf_counter() - started
     client_cpu = time.process_time() - cpu0
-    acked = sum(p.acked for p in pubs) - base
-    for p in pubs:
+    acked = sum(p.acked for p in conns) - base
+    for p in conns:
         p.running = False
     lat = sorted(latencies)
     return {
+        "connections": n_conn,
         "acked": acked,
         "acked_per_s": round(acked / elapsed),
         "ack_p50_ms": round(percentile(lat, 0.50) * 1000, 3),
@@ -86,12 +120,18 @@ async def _load(url: str, publishers: int, duration: float, body_bytes: int) -> 
     }
 
 
-def run(publishers: int = 32, duration: float = 5.0, body_bytes: int = 200) -> dict[str, Any]:
-    """Run W2 once against a fresh ``tidings serve`` and return its figures."""
+def run(
+    publishers: int = 32, duration: float = 5.0, body_bytes: int = 200, connections: int | None = None
+) -> dict[str, Any]:
+    """Run W2 once against a fresh ``tidings serve`` and return its figures.
+
+    ``connections`` (default: one per publisher) spreads the publishers over
+    that many WebSocket connections.
+    """
     pin_to(1)
     with BenchServer() as server:
         cpu0 = server.cpu_seconds()
-        figures = uvloop.run(_load(server.url, publishers, duration, body_bytes))
+        figures = uvloop.run(_load(server.url, publishers, duration, body_bytes, connections))
         cpu = server.cpu_seconds() - cpu0
     return {
         "workload": "w2",

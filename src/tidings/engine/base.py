@@ -77,8 +77,11 @@ class Engine(ABC):
         """Hand an ephemeral message to every gateway's ephemeral callback."""
 
     @abstractmethod
-    def on_commit(self, callback: CommitCallback) -> None:
+    def on_commit(self, callback: CommitCallback, interested: Callable[[str], bool] | None = None) -> None:
         """Call ``callback`` with every message once durable, per topic in offset order.
+
+        ``interested(topic)``, if given, lets the engine skip decoding messages of
+        topics nobody on this gateway listens to (it must be cheap and exact).
 
         Between two steps of the event loop, ``read`` returns exactly the
         messages already passed to the callback, so a reader that reads and then

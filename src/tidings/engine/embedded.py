@@ -93,7 +93,7 @@ class EmbeddedEngine(Engine):
         self._files = files
         self._store: Store | None = None
         self._cursors = CursorStore(data_dir / "log")
-        self._commit_callbacks: list[CommitCallback] = []
+        self._commit_callbacks: list[tuple[CommitCallback, Callable[[str], bool] | None]] = []
         self._ephemeral_callbacks: list[EphemeralCallback] = []
 
     @property
@@ -127,11 +127,12 @@ class EmbeddedEngine(Engine):
             self._on_fatal(exc)
 
     def _announce(self, record: StoredRecord) -> None:
-        if not self._commit_callbacks:
-            return
-        msg = from_record(record)
-        for callback in self._commit_callbacks:
-            callback(msg)
+        msg: Msg | None = None
+        for callback, interested in self._commit_callbacks:
+            if interested is None or interested(record.topic):
+                if msg is None:
+                    msg = from_record(record)
+                callback(msg)
 
     # -- publishing ---------------------------------------------------------
 
@@ -145,8 +146,8 @@ class EmbeddedEngine(Engine):
         for callback in self._ephemeral_callbacks:
             callback(msg)
 
-    def on_commit(self, callback: CommitCallback) -> None:
-        self._commit_callbacks.append(callback)
+    def on_commit(self, callback: CommitCallback, interested: Callable[[str], bool] | None = None) -> None:
+        self._commit_callbacks.append((callback, interested))
 
     def on_ephemeral(self, callback: EphemeralCallback) -> None:
         self._ephemeral_callbacks.append(callback)

@@ -84,7 +84,7 @@ class Gateway:
         """
         self._loop = asyncio.get_running_loop()
         await self.engine.start()
-        self.engine.on_commit(self._on_commit)
+        self.engine.on_commit(self._on_commit, self._listened)
         self.engine.on_ephemeral(self.fanout)
         self.consumers.start()
         self._server = await ws_create_server(
@@ -171,6 +171,13 @@ class Gateway:
             self.router.remove(sub)
         else:
             self.consumers.leave(sub)
+
+    def _listened(self, topic: str) -> bool:
+        """Whether a live subscription or a consumer here matches ``topic`` (cached per topic)."""
+        return bool(
+            (len(self.router) and self.router.match(topic))
+            or (len(self.consumers.router) and self.consumers.router.match(topic))
+        )
 
     def _on_commit(self, msg: f.Msg) -> None:
         """A durable message is on disk: live subscribers get it, consumers take it."""
