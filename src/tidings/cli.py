@@ -224,22 +224,29 @@ def demo(
 
 @app.command()
 def bench(
-    workload: Annotated[str, typer.Argument(help="w2: durable publish.")],
+    workload: Annotated[str, typer.Argument(help="w1 fanout, w2 durable publish, w4 capacity.")],
+    subscribers: Annotated[int, typer.Option(help="Subscribers of the topic (w1).")] = 10,
     publishers: Annotated[int, typer.Option(help="Concurrent publishers (w2).")] = 32,
-    duration: Annotated[float, typer.Option(help="Seconds to measure.")] = 5.0,
-    body_bytes: Annotated[int, typer.Option(help="Message body size.")] = 200,
     connections: Annotated[
-        int | None, typer.Option(help="Connections the publishers share (w2; default: one each).")
+        int | None,
+        typer.Option(help="w2: connections the publishers share (default one each); w4: how many."),
     ] = None,
+    duration: Annotated[float, typer.Option(help="Seconds to measure.")] = 5.0,
+    body_bytes: Annotated[int | None, typer.Option(help="Message body size (w1 64, w2 200).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run one benchmark workload against a fresh local server and print its figures."""
-    if workload != "w2":
-        typer.echo(f"error: unknown workload {workload!r} (available: w2)", err=True)
-        raise typer.Exit(2)
-    from tidings.bench import w2
+    from tidings.bench import w1, w2, w4
 
-    result = w2.run(publishers=publishers, duration=duration, body_bytes=body_bytes, connections=connections)
+    if workload == "w1":
+        result = w1.run(subscribers=subscribers, body_bytes=body_bytes or 64, duration=duration)
+    elif workload == "w2":
+        result = w2.run(publishers, duration, body_bytes or 200, connections)
+    elif workload == "w4":
+        result = w4.run(connections=connections or 10_000)
+    else:
+        typer.echo(f"error: unknown workload {workload!r} (available: w1, w2, w4)", err=True)
+        raise typer.Exit(2)
     if as_json:
         print(json.dumps(result))
     else:

@@ -109,6 +109,9 @@ async def _load(
     acked = sum(p.acked for p in conns) - base
     for p in conns:
         p.running = False
+        if p.transport is not None:
+            p.transport.disconnect()
+    await asyncio.sleep(0.05)
     lat = sorted(latencies)
     return {
         "connections": n_conn,
@@ -121,14 +124,19 @@ async def _load(
 
 
 def run(
-    publishers: int = 32, duration: float = 5.0, body_bytes: int = 200, connections: int | None = None
+    publishers: int = 32,
+    duration: float = 5.0,
+    body_bytes: int = 200,
+    connections: int | None = None,
+    pin: bool = True,
 ) -> dict[str, Any]:
     """Run W2 once against a fresh ``tidings serve`` and return its figures.
 
     ``connections`` (default: one per publisher) spreads the publishers over
-    that many WebSocket connections.
+    that many WebSocket connections. ``pin`` moves this process to core 1.
     """
-    pin_to(1)
+    if pin:
+        pin_to(1)
     with BenchServer() as server:
         cpu0 = server.cpu_seconds()
         figures = uvloop.run(_load(server.url, publishers, duration, body_bytes, connections))

@@ -1,0 +1,164 @@
+"""W1, ephemeral fanout: one topic, one publisher, N subscribers.
+
+Two measurements:
+
+- saturation: the publisher sends batches of 64 pre-encoded ``pub`` frames as
+  fast as the slowest subscriber keeps up (a window of 4,096 ahead); the figure
+  is deliveries per second over all subscribers;
+- latency: the publisher sends ``rate`` publishes per second into a
+  ``members``-subscriber topic, each body carrying its send time; subscribers
+  record publish-to-receive latency (same machine, same clock).
+
+Subscribers are lean picows clients that count deliveries without decoding them
+(saturation) or decode only the timestamps (latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import msgspec
+import uvloop
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from tidings.bench.harness import BenchServer, percentile, pin_to
+
+HELLO = b'{"op":"hello","client":"bench-w1"}'
+SUB = b'[%b,{"op":"sub","topic":"sig/bench/>","rid":1}]' % HELLO
+_decode = msgspec.json.Decoder()
+
+
+class Counter(WSListener):
+    def __init__(self, latencies: list[float] | None = None) -> None:
+        self.transport: WSTransport | None = None
+        self.count = 0
+        self.ready = asyncio.Event()
+        self.latencies = latencies
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.disconnect()
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.latencies is None:
+            data = frame.get_payload_as_bytes()
+            self.count += data.count(b'"op":"msg"')
+            if b'"op":"subbed"' in data:
+                self.ready.set()
+            return
+        now = time.perf_counter_ns()
+        decoded = _decode.decode(frame.get_payload_as_memoryview())
+        for f in decoded if isinstance(decoded, list) else [decoded]:
+            if f.get("op") == "msg":
+                self.count += 1
+                self.latencies.append((now - f["body"]) / 1e6)
+            elif f.get("op") == "subbed":
+                self.ready.set()
+
+
+async def _subscribers(url: str, n: int, latencies: list[float] | None) -> list[Counter]:
+    subs = []
+    for _ in range(n):
+        transport, listener = await ws_connect(
+            lambda: Counter(latencies), url, read_buffer_init_size=256 * 1024
+        )
+        assert isinstance(listener, Counter)
+        transport.send(WSMsgType.TEXT, SUB)
+        subs.append(listener)
+    await asyncio.gather(*(s.ready.wait() for s in subs))
+    return subs
+
+
+async def saturate(url: str, subscribers: int, body_bytes: int, duration: float) -> dict[str, Any]:
+    subs = await _subscribers(url, subscribers, None)
+    pub, _ = await ws_connect(WSListener, url)
+    pub.send(WSMsgType.TEXT, HELLO)
+    body = json.dumps("x" * max(0, body_bytes - 2)).encode()
+    batch = b"[" + b",".join([b'{"op":"pub","topic":"sig/bench/t","body":%b}' % body] * 64) + b"]"
+    sent, window = 0, 4096
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration:
+        if sent - min(s.count for s in subs) < window:
+            pub.send(WSMsgType.TEXT, batch)
+            sent += 64
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(0.0005)
+    elapsed = time.perf_counter() - started
+    delivered = sum(s.count for s in subs)
+    pub.disconnect()
+    for s in subs:
+        s.close()
+    await asyncio.sleep(0.05)
+    return {"published": sent, "deliveries": delivered, "deliveries_per_s": round(delivered / elapsed)}
+
+
+async def latency(url: str, members: int, rate: float, duration: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    subs = await _subscribers(url, members, latencies)
+    pub, _ = await ws_connect(WSListener, url)
+    pub.send(WSMsgType.TEXT, HELLO)
+    await asyncio.sleep(0.2)
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    n = 0
+    while (now := time.perf_counter()) - started < duration:
+        due = started + n * interval
+        if now < due:
+            await asyncio.sleep(due - now)
+        pub.send(WSMsgType.TEXT, b'{"op":"pub","topic":"sig/bench/t","body":%d}' % time.perf_counter_ns())
+        n += 1
+    await asyncio.sleep(0.2)
+    pub.disconnect()
+    for s in subs:
+        s.close()
+    await asyncio.sleep(0.05)
+    lat = sorted(latencies)
+    return {
+        "published": n,
+        "deliveries": len(lat),
+        "p50_ms": round(percentile(lat, 0.50), 3),
+        "p99_ms": round(percentile(lat, 0.99), 3),
+        "p999_ms": round(percentile(lat, 0.999), 3),
+    }
+
+
+def run(
+    subscribers: int = 10,
+    body_bytes: int = 64,
+    duration: float = 5.0,
+    rate: float = 2000.0,
+    members: int = 10,
+    pin: bool = True,
+) -> dict[str, Any]:
+    """Run both W1 measurements against a fresh ``tidings serve``; one figure set.
+
+    ``pin`` moves this process to core 1 (the server runs on core 0).
+    """
+    if pin:
+        pin_to(1)
+    with BenchServer() as server:
+        cpu0 = server.cpu_seconds()
+        sat = uvloop.run(saturate(server.url, subscribers, body_bytes, duration))
+        cpu = server.cpu_seconds() - cpu0
+    with BenchServer() as server:
+        lat = uvloop.run(latency(server.url, members, rate, duration))
+    return {
+        "workload": "w1",
+        "subscribers": subscribers,
+        "body_bytes": body_bytes,
+        "duration_s": duration,
+        "deliveries_per_s": sat["deliveries_per_s"],
+        "latency_rate_per_s": rate,
+        "latency_members": members,
+        "p50_ms": lat["p50_ms"],
+        "p99_ms": lat["p99_ms"],
+        "p999_ms": lat["p999_ms"],
+        "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, sat["deliveries"]), 3),
+    }
