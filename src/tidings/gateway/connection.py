@@ -65,6 +65,25 @@ class Subscription:
 
 
 class Connection(WSListener):
+    # Slots: ten thousand idle connections should cost as little as possible (W4).
+    __slots__ = (
+        "_fragment_bytes",
+        "_fragments",
+        "_may_publish",
+        "_next_sid",
+        "_timers",
+        "binary",
+        "dirty",
+        "gateway",
+        "grants",
+        "peer",
+        "session",
+        "session_id",
+        "subs",
+        "transport",
+        "write_paused",
+    )
+
     def __init__(self, gateway: Gateway, subprotocol: str, peer: str) -> None:
         super().__init__()
         self.gateway = gateway

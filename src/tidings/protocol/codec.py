@@ -16,6 +16,7 @@ Delivery frames are encoded once per codec and shared by every subscriber;
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, Final, Generic, TypeVar
 
 import msgspec
@@ -130,11 +131,17 @@ def _refuse_ext(code: int, data: memoryview) -> Any:
     raise ValueError(f"msgpack extension type {code} is not supported in frames")
 
 
+@lru_cache(maxsize=64)
 def server_codec(name: str, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Codec[ClientFrame]:
-    """The codec a server uses: decodes client frames, encodes server frames."""
+    """The codec a server uses: decodes client frames, encodes server frames.
+
+    Codecs hold no per-connection state, so one is shared by every connection
+    with the same settings (a msgspec decoder of the frame union is not small).
+    """
     return Codec(name, ClientFrame, max_frame_bytes)
 
 
+@lru_cache(maxsize=64)
 def client_codec(name: str, max_frame_bytes: int = 64 * DEFAULT_MAX_FRAME_BYTES) -> Codec[ServerFrame]:
     """The codec a client uses: decodes server frames, encodes client frames."""
     return Codec(name, ServerFrame, max_frame_bytes)

@@ -80,6 +80,16 @@ E = TypeVar("E")
 class Session(Generic[E]):
     """State, codec and outgoing buffer shared by both ends of a connection."""
 
+    __slots__ = (
+        "_incoming",
+        "_outgoing",
+        "_outgoing_bytes",
+        "close_code",
+        "close_reason",
+        "codec",
+        "state",
+    )
+
     def __init__(self, codec: Codec[E], state: State) -> None:
         self.codec = codec
         self.state = state
@@ -206,6 +216,8 @@ def error_frame(exc: TidingsError, rid: int | None = None) -> f.Error:
 class ServerSession(Session[f.ClientFrame]):
     """The server's end: waits for ``hello``, then serves requests."""
 
+    __slots__ = ()
+
     def __init__(self, subprotocol: str, max_frame_bytes: int) -> None:
         super().__init__(server_codec(subprotocol, max_frame_bytes), State.AWAIT_HELLO)
 
@@ -236,6 +248,8 @@ class ServerSession(Session[f.ClientFrame]):
 
 class ClientSession(Session[f.ServerFrame]):
     """The client's end: sends ``hello`` at once, waits for ``welcome``."""
+
+    __slots__ = ("welcome",)
 
     def __init__(self, subprotocol: str, hello: f.Hello, max_frame_bytes: int = 64 * 1024 * 1024) -> None:
         super().__init__(client_codec(subprotocol, max_frame_bytes), State.AWAIT_WELCOME)
