@@ -189,6 +189,11 @@ class Connection(WSListener):
                 else:
                     self.gateway.stats.rejected += 1
                     self.session.send(error_frame(exc, rid))
+            except Exception:
+                # A bug of ours must not cost the client its connection silently:
+                # log it with context, answer this request, keep serving.
+                log.exception("handling %s from agent %r failed", f.op_of(frame), self.agent)
+                self.session.send(error_frame(TidingsError("internal error; the server logged it"), rid))
         if self.session.pending_bytes or self.session.close_code is not None:
             self.gateway.mark_dirty(self)
 
