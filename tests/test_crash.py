@@ -118,5 +118,6 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_sigkill_soak(tmp_path: Path) -> None:
     crash_rounds(tmp_path, 200)
