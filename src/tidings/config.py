@@ -76,6 +76,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     shards: int = 8
     #: seconds SIGTERM waits for connections to drain before closing them
     drain_timeout: float = 5.0
+    #: bytes a connection may have waiting to be written; past it, live deliveries
+    #: to it are dropped (and counted in a ``dropped`` notice) and durable ones pause
+    max_outbound_bytes: int = 4 * 1024 * 1024
+    #: seconds a connection may stay over ``max_outbound_bytes`` before it is closed
+    write_timeout: float = 30.0
     log_level: str = "info"
     #: send each connection's frames of one event-loop turn as one WebSocket
     #: message. Turn off only to measure what coalescing buys (bench/fanout.py).
@@ -86,10 +91,16 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is out of range")
-        for name in ("hello_timeout", "drain_timeout"):
+        for name in ("hello_timeout", "drain_timeout", "write_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("max_frame_bytes", "max_subscriptions", "max_topic_length", "shards"):
+        for name in (
+            "max_frame_bytes",
+            "max_subscriptions",
+            "max_topic_length",
+            "shards",
+            "max_outbound_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 

@@ -22,6 +22,10 @@ class GatewayStats:
     messages_out: int = 0
     #: requests answered with an error
     rejected: int = 0
+    #: live deliveries dropped because the subscriber's outgoing buffer was full
+    dropped: int = 0
+    #: connections closed because they stopped reading for write_timeout
+    write_timeouts: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return {fld.name: getattr(self, fld.name) for fld in fields(self)}

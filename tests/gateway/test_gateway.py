@@ -314,3 +314,59 @@ async def test_msgpack_extension_types_are_refused(gateway: Gateway, token: str)
     err = await raw.recv()
     assert err["code"] == "invalid_frame"
     assert "extension type 5" in err["message"]
+
+
+async def test_slow_live_subscriber_gets_dropped_notice_and_others_keep_receiving(
+    authority: Authority,
+) -> None:
+    gw = Gateway(Settings(port=0, max_outbound_bytes=64 * 1024, write_timeout=30.0), authority)
+    await gw.start()
+    try:
+        token = authority.mint("s", pub=["sig/>"], subs=["sig/>"])
+        bystander = await Bystander.start(gw.url, token)
+        slow = await authed(gw.url, token)  # websockets stops reading when its queue is full
+        await slow.send({"op": "sub", "topic": "sig/flood/>", "rid": 1})
+        await slow.expect("subbed")
+        pub = await authed(gw.url, token)
+        body = "x" * 1024
+        for _ in range(40):  # ~20 MB: more than the kernel's socket buffers and our bound
+            await pub.send(*[{"op": "pub", "topic": "sig/flood/x", "body": body} for _ in range(500)])
+            await bystander.assert_alive()
+        assert gw.stats.dropped > 0, "the slow subscriber's deliveries were dropped, not buffered"
+        dropped = await slow.expect("dropped", timeout=20)
+        assert dropped["sid"] == 1
+        assert dropped["count"] > 0
+        assert dropped["topic"] == "sig/flood/>"
+        await bystander.assert_alive()
+    finally:
+        await gw.stop()
+
+
+async def test_a_client_that_never_reads_is_closed_after_write_timeout(authority: Authority) -> None:
+    gw = Gateway(Settings(port=0, max_outbound_bytes=64 * 1024, write_timeout=0.5), authority)
+    await gw.start()
+    try:
+        token = authority.mint("s", pub=["sig/>"], subs=["sig/>"])
+        _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, limit=1024)
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        frames = b'[{"op":"hello","token":"%b"},{"op":"sub","topic":"sig/never/>"}]' % token.encode()
+        writer.write(b"\x81" + b"\xfe" + len(frames).to_bytes(2, "big") + b"\x00\x00\x00\x00" + frames)
+        await writer.drain()
+        pub = await authed(gw.url, token)
+        await asyncio.sleep(0.2)
+        for _ in range(60):
+            await pub.send(*[{"op": "pub", "topic": "sig/never/x", "body": "y" * 1024} for _ in range(500)])
+            if gw.stats.write_timeouts:
+                break
+            await asyncio.sleep(0.05)
+        async with asyncio.timeout(10 * UNIT):
+            while not gw.stats.write_timeouts:  # noqa: ASYNC110 - waiting on a counter
+                await asyncio.sleep(0.05)
+        assert gw.stats.dropped > 0
+        writer.close()
+    finally:
+        await gw.stop()

@@ -72,8 +72,10 @@ class Connection(WSListener):
         "_may_publish",
         "_next_sid",
         "_timers",
+        "_write_deadline",
         "binary",
         "dirty",
+        "dropped",
         "gateway",
         "grants",
         "peer",
@@ -97,6 +99,9 @@ class Connection(WSListener):
         self.subs: dict[int, Subscription] = {}
         self.dirty = False
         self.write_paused = False
+        #: sid -> live deliveries dropped while the outgoing buffer was full
+        self.dropped: dict[int, int] = {}
+        self._write_deadline: asyncio.TimerHandle | None = None
         self.transport: WSTransport | None = None
         self._next_sid = 1
         self._fragments: list[bytes] | None = None
@@ -111,6 +116,9 @@ class Connection(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        # pause_writing()/resume_writing() fire at our bound, not asyncio's 64 KiB default.
+        limit = self.gateway.settings.max_outbound_bytes
+        transport.underlying_transport.set_write_buffer_limits(high=limit, low=limit // 4)
         self.gateway.register(self)
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(self.gateway.settings.hello_timeout, self._hello_deadline))
@@ -133,15 +141,44 @@ class Connection(WSListener):
         self._process()
 
     def pause_writing(self) -> None:
+        """The outgoing buffer passed ``max_outbound_bytes``: the client is not keeping up.
+
+        Live deliveries to it are dropped and counted from now on, durable ones
+        wait; if it has not caught up within ``write_timeout`` it is closed.
+        """
         self.write_paused = True
+        timeout = self.gateway.settings.write_timeout
+        self._write_deadline = asyncio.get_running_loop().call_later(timeout, self._write_timed_out)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+        for sid, count in self.dropped.items():
+            sub = self.subs.get(sid)
+            if sub is not None:
+                self.session.send(f.Dropped(sid=sid, topic=sub.pattern, count=count))
+        self.dropped.clear()
+        self.gateway.mark_dirty(self)
         for sub in self.subs.values():
             if sub.consumer is not None:
                 sub.consumer.schedule()
 
+    def _write_timed_out(self) -> None:
+        self._write_deadline = None
+        if self.transport is None or self.transport.is_disconnected:
+            return
+        self.gateway.stats.write_timeouts += 1
+        log.warning(
+            "closing agent %r: it has not read for %s s", self.agent, self.gateway.settings.write_timeout
+        )
+        self.transport.send_close(WSCloseCode.POLICY_VIOLATION, b"write timeout: the client is not reading")
+        self.transport.disconnect(graceful=False)
+
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()

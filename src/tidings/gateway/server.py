@@ -223,13 +223,19 @@ class Gateway:
                     raise InvalidFrame(f"body cannot be encoded for every subscriber: {exc}") from None
                 if len(opened) == 2:
                     break
+        delivered = 0
         for sub in subs:
             conn = sub.conn
+            if conn.write_paused:  # not keeping up: drop, count, tell it when it catches up
+                conn.dropped[sub.sid] = conn.dropped.get(sub.sid, 0) + 1
+                self.stats.dropped += 1
+                continue
             conn.session.send_encoded(opened[conn.binary] + sub.suffix)
+            delivered += 1
             if not conn.dirty:
                 self.mark_dirty(conn)
-        self.stats.delivered += len(subs)
-        return len(subs)
+        self.stats.delivered += delivered
+        return delivered
 
     def fan_chunk(self, chunk: f.StreamChunk) -> None:
         """Send a stream chunk to every live subscription and consumer member on its topic.
