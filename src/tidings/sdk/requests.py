@@ -67,13 +67,7 @@ class Requester:
         *,
         timeout: float = 10.0,  # noqa: ASYNC109 - the deadline travels with the request, in a header
     ) -> Message:
-        """Publish a request and return the first reply, or raise ``TimeoutError``.
-
-        The deadline travels in the ``tidings-deadline`` header; if the wait
-        ends without a reply (timeout or cancellation) a cancel notice is
-        published on ``topic``. The token must allow subscribing to
-        ``sig/inbox/<agent-id>``, and responders publishing there.
-        """
+        """See ``Agent.request``."""
         inbox = await self._ensure_inbox()
         correlation = new_id()
         reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
