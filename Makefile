@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest soak bench-storage bench-fanout bench-w2 clean
+.PHONY: demo test lint typecheck pytest soak bench-storage bench-fanout bench-w2 bench-nats clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -41,6 +41,11 @@ bench-fanout: $(STAMP)
 
 bench-w2: $(STAMP)
 	for n in 1 32 256; do $(BIN)/tidings bench w2 --publishers $$n --duration 5 --json; done
+
+# The first peer: nats-server (core NATS) on the W1 fanout shape.
+bench-nats: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/peers/nats_w1.py --subscribers 10 100 --body-bytes 64 1024
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
