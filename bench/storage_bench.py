@@ -30,17 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tidings.log import Store
+from tidings.metrics import percentile
 
 PAYLOAD = os.urandom(200)
 SHARDS = 8
 
 Append = Callable[[str, str, int, bytes], Awaitable[object]]
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def raw_fdatasync(directory: Path, seconds: float) -> dict[str, object]:

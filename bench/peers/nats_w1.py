@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import uvloop
 
-from tidings.bench.harness import pin_to
+from tidings.bench.harness import free_port, pin_to
 
 
 class Counter(asyncio.Protocol):
@@ -45,12 +45,6 @@ class Counter(asyncio.Protocol):
         self.tail = chunk[-3:]  # a "MSG " split across reads is counted once
         if b"PING\r\n" in chunk and self.transport is not None:
             self.transport.write(b"PONG\r\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(port: int) -> subprocess.Popen[bytes]:

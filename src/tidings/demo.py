@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from rich.panel import Panel
 from rich.table import Table
 
 from tidings.auth import Authority
+from tidings.bench.harness import free_port
+from tidings.metrics import percentile
 from tidings.sdk import Backoff, Subscription, connect
 
 ROLES = ("planner", "researcher", "coder", "critic", "writer")
@@ -43,12 +44,6 @@ LINES = {
     "critic": ["the edge case with empty input fails", "latency budget is too tight", "looks good"],
     "writer": ["drafted the summary", "updated the changelog", "the docs need an example"],
 }
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 @dataclass
@@ -161,12 +156,6 @@ class DemoAgent:
             msg.ack()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _view(figures: Figures, started: float, duration: float, agents: int, conversations: int) -> Group:
     elapsed = max(1e-9, time.monotonic() - started)
     window = sorted(figures.window)
@@ -206,7 +195,7 @@ async def run_demo(
     console = console or Console()
     data_dir = Path(tempfile.mkdtemp(prefix="tidings-demo-"))
     authority = Authority.from_data_dir(data_dir)
-    server = Server(data_dir, _free_port())
+    server = Server(data_dir, free_port())
     server.start()
     url = f"ws://127.0.0.1:{server.port}/"
     pid = server.proc.pid if server.proc else "?"

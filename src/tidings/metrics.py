@@ -10,6 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of already sorted values, nearest rank; 0.0 if empty."""
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
 @dataclass(slots=True)
 class GatewayStats:
     connections_opened: int = 0

@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
+
+from tidings.metrics import percentile
+
+__all__ = ["BenchServer", "free_port", "percentile", "pin_to"]
 
 
 def pin_to(core: int) -> None:
@@ -18,10 +23,11 @@ def pin_to(core: int) -> None:
         os.sched_setaffinity(0, {core})
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class BenchServer:
