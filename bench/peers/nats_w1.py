@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import uvloop
 
-from tidings.bench.harness import free_port, pin_to
+from tidings.bench.harness import flood, free_port, pin_to
 
 
 class Counter(asyncio.Protocol):
@@ -76,16 +76,9 @@ async def saturate(port: int, subscribers: int, body_bytes: int, duration: float
     await asyncio.sleep(0.3)
     payload = b"x" * body_bytes
     batch = (b"PUB bench.t %d\r\n%b\r\n" % (len(payload), payload)) * 64
-    sent, window = 0, 4096
-    started = time.perf_counter()
-    while time.perf_counter() - started < duration:
-        if sent - min(s.count for s in subs) < window:
-            pub_transport.write(batch)
-            sent += 64
-            await asyncio.sleep(0)
-        else:
-            await asyncio.sleep(0.0005)
-    elapsed = time.perf_counter() - started
+    sent, elapsed = await flood(
+        lambda: pub_transport.write(batch), lambda: min(s.count for s in subs), 64, duration
+    )
     delivered = sum(s.count for s in subs)
     pub_transport.close()
     for s in subs:

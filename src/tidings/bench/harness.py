@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -9,6 +10,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -28,6 +31,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def flood(
+    send_batch: Callable[[], None],
+    delivered: Callable[[], int],
+    per_batch: int,
+    duration: float,
+    window: int = 4096,
+) -> tuple[int, float]:
+    """Publish batches as fast as the slowest subscriber keeps up, for ``duration`` s.
+
+    ``delivered()`` is the count of the slowest subscriber; at most ``window``
+    publishes run ahead of it. Returns (messages published, seconds elapsed).
+    """
+    sent = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration:
+        if sent - delivered() < window:
+            send_batch()
+            sent += per_batch
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(0.0005)
+    return sent, time.perf_counter() - started
 
 
 class BenchServer:

@@ -24,7 +24,7 @@ import msgspec
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from tidings.bench.harness import BenchServer, percentile, pin_to
+from tidings.bench.harness import BenchServer, flood, percentile, pin_to
 
 HELLO = b'{"op":"hello","client":"bench-w1"}'
 SUB = b'[%b,{"op":"sub","topic":"sig/bench/>","rid":1}]' % HELLO
@@ -81,16 +81,9 @@ async def saturate(url: str, subscribers: int, body_bytes: int, duration: float)
     pub.send(WSMsgType.TEXT, HELLO)
     body = json.dumps("x" * max(0, body_bytes - 2)).encode()
     batch = b"[" + b",".join([b'{"op":"pub","topic":"sig/bench/t","body":%b}' % body] * 64) + b"]"
-    sent, window = 0, 4096
-    started = time.perf_counter()
-    while time.perf_counter() - started < duration:
-        if sent - min(s.count for s in subs) < window:
-            pub.send(WSMsgType.TEXT, batch)
-            sent += 64
-            await asyncio.sleep(0)
-        else:
-            await asyncio.sleep(0.0005)
-    elapsed = time.perf_counter() - started
+    sent, elapsed = await flood(
+        lambda: pub.send(WSMsgType.TEXT, batch), lambda: min(s.count for s in subs), 64, duration
+    )
     delivered = sum(s.count for s in subs)
     pub.disconnect()
     for s in subs:
