@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,8 +32,24 @@ def authority() -> Authority:
     return Authority(SECRET)
 
 
+async def start_gateway(authority: Authority, **settings: Any) -> Gateway:
+    """A started in-process gateway on port 0 (or ``port=``), with ``Settings(**settings)``."""
+    gw = Gateway(Settings(**{"port": 0, **settings}), authority)
+    await gw.start()
+    return gw
+
+
+@pytest.fixture
+async def gw(authority: Authority) -> AsyncIterator[Gateway]:
+    """A gateway with default settings."""
+    g = await start_gateway(authority)
+    yield g
+    await g.stop()
+
+
 @pytest.fixture
 async def gateway(authority: Authority) -> AsyncIterator[Gateway]:
+    """A gateway with a short hello deadline and at most 5 subscriptions per connection."""
     gw = Gateway(Settings(port=0, hello_timeout=1.0 * UNIT, max_subscriptions=5), authority)
     await gw.start()
     yield gw

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import UNIT
+from tests.conftest import UNIT, start_gateway
 from tests.gateway.wsclient import Raw, authed
 from tidings.auth import Authority
 from tidings.config import NamespacePolicy, Settings, default_namespaces
@@ -21,19 +20,6 @@ ALL = {"pub": [">"], "subs": [">"]}
 @pytest.fixture
 def token(authority: Authority) -> str:
     return authority.mint("alice", **ALL)
-
-
-async def start(authority: Authority, **kw: Any) -> Gateway:
-    gw = Gateway(Settings(port=0, **kw), authority)
-    await gw.start()
-    return gw
-
-
-@pytest.fixture
-async def gw(authority: Authority) -> AsyncIterator[Gateway]:
-    g = await start(authority)
-    yield g
-    await g.stop()
 
 
 async def publish(raw: Raw, topic: str, n: int, start: int = 0, **extra: Any) -> list[dict[str, Any]]:
@@ -62,11 +48,11 @@ async def test_puback_offsets_increase_and_duplicates_are_not_stored(gw: Gateway
 
 
 async def test_dedup_survives_restart(authority: Authority, token: str) -> None:
-    gw = await start(authority)
+    gw = await start_gateway(authority)
     raw = await authed(gw.url, token)
     (first,) = await publish(raw, "conv/t2/chat", 1)
     await gw.stop()
-    gw = await start(authority)
+    gw = await start_gateway(authority)
     raw = await authed(gw.url, token)
     (again,) = await publish(raw, "conv/t2/chat", 1)
     assert again["offset"] == first["offset"]
@@ -143,7 +129,7 @@ async def test_replay_then_live_seam_under_concurrent_publishing(gw: Gateway, to
 async def test_retention_gap_is_reported(authority: Authority, token: str) -> None:
     namespaces = default_namespaces()
     namespaces["conv"] = NamespacePolicy(max_messages=5)
-    gw = await start(authority, namespaces=namespaces)
+    gw = await start_gateway(authority, namespaces=namespaces)
     try:
         raw = await authed(gw.url, token)
         acks = await publish(raw, "conv/t6/chat", 20)
@@ -211,7 +197,7 @@ async def test_nack_redelivers_after_delay(gw: Gateway, token: str) -> None:
 async def test_max_deliver_sends_to_dlq(authority: Authority, token: str) -> None:
     namespaces = default_namespaces()
     namespaces["conv"] = NamespacePolicy(max_deliver=2)
-    gw = await start(authority, namespaces=namespaces)
+    gw = await start_gateway(authority, namespaces=namespaces)
     try:
         pub = await authed(gw.url, token)
         await publish(pub, "conv/c3/chat", 1, headers={"traceparent": "00-x"})
@@ -249,7 +235,7 @@ async def test_max_inflight_pauses_until_acks(gw: Gateway, token: str) -> None:
 
 
 async def test_cursor_survives_restart(authority: Authority, token: str) -> None:
-    gw = await start(authority)
+    gw = await start_gateway(authority)
     pub = await authed(gw.url, token)
     await publish(pub, "conv/c5/chat", 6)
     c = await consume(gw.url, token, "conv/c5/>")
@@ -258,7 +244,7 @@ async def test_cursor_survives_restart(authority: Authority, token: str) -> None
         await c.send({"op": "ack", "sid": 1, "topic": m["topic"], "offset": m["offset"]})
     await asyncio.sleep(0.1)
     await gw.stop()
-    gw = await start(authority)
+    gw = await start_gateway(authority)
     try:
         c = await consume(gw.url, token, "conv/c5/>")
         assert sorted(m["body"] for m in await collect(c, 3)) == [2, 4, 5]

@@ -1,40 +1,19 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 import tidings
-from tests.conftest import UNIT
+from tests.conftest import UNIT, start_gateway
+from tests.reliability_helpers import free_port
 from tidings.auth import Authority
-from tidings.config import Settings
 from tidings.errors import ConnectionLost, Forbidden, InvalidTopic, Unauthorized
 from tidings.gateway import Gateway
 
 ALL = {"pub": [">"], "subs": [">"]}
 FAST = tidings.Backoff(base=0.02, cap=0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def start(authority: Authority, port: int = 0) -> Gateway:
-    gw = Gateway(Settings(port=port), authority)
-    await gw.start()
-    return gw
-
-
-@pytest.fixture
-async def gw(authority: Authority) -> AsyncIterator[Gateway]:
-    g = await start(authority)
-    yield g
-    await g.stop()
 
 
 async def wait_for(predicate: Any, seconds: float = 5.0) -> None:
@@ -84,7 +63,7 @@ async def test_unreachable_server_raises_connection_lost() -> None:
 
 async def test_reconnects_resubscribes_and_reports_the_live_gap(authority: Authority) -> None:
     port = free_port()
-    gw = await start(authority, port)
+    gw = await start_gateway(authority, port=port)
     states: list[tidings.ConnectionState] = []
     agent = tidings.connect(gw.url, authority.mint("r", **ALL), backoff=FAST)
     agent.on_state(states.append)
@@ -93,7 +72,7 @@ async def test_reconnects_resubscribes_and_reports_the_live_gap(authority: Autho
     live = await agent.subscribe("sig/g/>", on_gap=gaps.append)
     await gw.stop()
     await wait_for(lambda: agent.state is tidings.ConnectionState.RECONNECTING)
-    gw = await start(authority, port)
+    gw = await start_gateway(authority, port=port)
     try:
         await wait_for(lambda: agent.is_open and live.sid is not None)
         assert len(gaps) == 1
@@ -115,7 +94,7 @@ async def test_reconnects_resubscribes_and_reports_the_live_gap(authority: Autho
 
 async def test_retried_publish_after_a_dropped_connection_stores_one_message(authority: Authority) -> None:
     """The connection drops after the server stored a publish but before its puback arrived."""
-    gw = await start(authority)
+    gw = await start_gateway(authority)
     try:
         agent = tidings.connect(gw.url, authority.mint("p", **ALL), backoff=FAST)
         await agent.open()
@@ -145,7 +124,7 @@ async def test_retried_publish_after_a_dropped_connection_stores_one_message(aut
 @pytest.mark.parametrize("when_full", ["raise", "wait"])
 async def test_full_buffer_waits_or_raises(authority: Authority, when_full: str) -> None:
     port = free_port()
-    gw = await start(authority, port)
+    gw = await start_gateway(authority, port=port)
     agent = tidings.connect(
         gw.url, authority.mint("q", **ALL), backoff=FAST, buffer_messages=2, when_full=when_full
     )
@@ -161,7 +140,7 @@ async def test_full_buffer_waits_or_raises(authority: Authority, when_full: str)
             await third
     else:
         assert not third.done(), "publish waits for room"
-    gw = await start(authority, port)
+    gw = await start_gateway(authority, port=port)
     try:
         acks = await asyncio.wait_for(asyncio.gather(*first), 5 * UNIT)
         assert [a.id for a in acks] == ["b0", "b1"]
@@ -232,7 +211,7 @@ async def test_handler_exception_nacks_and_redelivery_is_handled_once(
 
 async def test_tail_reader_on_a_pattern_resumes_without_loss(authority: Authority) -> None:
     port = free_port()
-    gw = await start(authority, port)
+    gw = await start_gateway(authority, port=port)
     token = authority.mint("t", **ALL)
     reader = tidings.connect(gw.url, token, backoff=FAST)
     writer = tidings.connect(gw.url, token, backoff=FAST)
@@ -251,7 +230,7 @@ async def test_tail_reader_on_a_pattern_resumes_without_loss(authority: Authorit
         await wait_for(lambda: got == ["before"])
         await gw.stop()
         await wait_for(lambda: not reader.is_open)
-        gw = await start(authority, port)
+        gw = await start_gateway(authority, port=port)
         await wait_for(lambda: writer.is_open)
         await writer.publish("conv/tail/a", "during")  # may land before the reader is back
         await writer.publish("conv/tail/b", "new topic")
@@ -267,7 +246,7 @@ async def test_tail_reader_on_a_pattern_resumes_without_loss(authority: Authorit
 
 async def test_iteration_raises_when_the_agent_gives_up(authority: Authority) -> None:
     port = free_port()
-    gw = await start(authority, port)
+    gw = await start_gateway(authority, port=port)
     agent = tidings.connect(
         gw.url, authority.mint("g", **ALL), backoff=tidings.Backoff(base=0.01, cap=0.02, max_attempts=2)
     )
