@@ -7,7 +7,7 @@ latency histograms lands with issue #7 (observability).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -33,6 +33,3 @@ class GatewayStats:
     dropped: int = 0
     #: connections closed because they stopped reading for write_timeout
     write_timeouts: int = 0
-
-    def snapshot(self) -> dict[str, int]:
-        return {fld.name: getattr(self, fld.name) for fld in fields(self)}

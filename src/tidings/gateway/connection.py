@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from tidings.auth import Grants
+from tidings.auth import ANONYMOUS_GRANTS, Grants
 from tidings.engine.base import PublishResult
 from tidings.errors import (
     FrameTooLarge,
@@ -259,7 +259,7 @@ class Connection(WSListener):
     def _on_hello(self, hello: f.Hello) -> None:
         gw = self.gateway
         if not hello.token and gw.settings.allow_anonymous:
-            self.grants = gw.anonymous_grants()
+            self.grants = ANONYMOUS_GRANTS
         else:
             self.grants = gw.authority.verify(hello.token)
         s = gw.settings

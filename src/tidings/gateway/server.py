@@ -26,7 +26,7 @@ from picows import (
 )
 
 import tidings
-from tidings.auth import ANONYMOUS_GRANTS, Authority, Grants
+from tidings.auth import Authority
 from tidings.config import Settings
 from tidings.engine.base import Engine
 from tidings.engine.embedded import EmbeddedEngine
@@ -190,9 +190,6 @@ class Gateway:
     def next_id(self) -> str:
         """A message id for a publish that did not bring one: unique across restarts."""
         return f"{self._id_prefix}{next(self._id_counter):x}"
-
-    def anonymous_grants(self) -> Grants:
-        return ANONYMOUS_GRANTS
 
     # -- fanout and flushing ------------------------------------------------
 
