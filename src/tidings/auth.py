@@ -8,6 +8,9 @@ A token is a JWT (HS256 by default) with these claims:
     exp    expiry (seconds since the epoch); required
     jti    token id (for revocation)
     iat    issued at
+    admin  true for an operator's token: the control plane's admin API
+
+Agent ids starting with ``_`` are reserved for the system (``ctl/_tidings/...``).
 
 (``sub`` is the JWT subject, so subscribe grants live in ``subs``.)
 
@@ -42,6 +45,7 @@ class Grants(msgspec.Struct, frozen=True):
     subs: tuple[str, ...]
     expires_at: float | None = None
     jti: str = ""
+    admin: bool = False
 
     def check_publish(self, topic: str) -> None:
         """Raise ``Forbidden`` unless a ``pub`` grant covers ``topic``."""
@@ -84,13 +88,14 @@ class Authority:
         pub: list[str] | tuple[str, ...] = (),
         subs: list[str] | tuple[str, ...] = (),
         ttl: float = 3600.0,
+        *,
+        admin: bool = False,
     ) -> str:
         """Return a signed token for ``agent`` valid for ``ttl`` seconds.
 
-        Raises ``InvalidTopic`` for a malformed pattern.
+        Raises ``InvalidTopic`` for a malformed pattern, ``ValueError`` for a bad agent id.
         """
-        if not agent:
-            raise ValueError("agent id must not be empty")
+        validate_agent_id(agent)
         for pattern in (*pub, *subs):
             validate_pattern(pattern)
         now = int(time.time())
@@ -102,6 +107,8 @@ class Authority:
             "exp": now + int(ttl),
             "jti": uuid.uuid4().hex,
         }
+        if admin:
+            claims["admin"] = True
         return jwt.encode(claims, self._secret, algorithm=self._algorithm)
 
     def verify(self, token: str | None) -> Grants:
@@ -121,6 +128,8 @@ class Authority:
             raise Unauthorized("token signature is invalid") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"token is malformed: {exc}") from None
+        if not isinstance(claims["sub"], str) or not _valid_agent_id(claims["sub"]):
+            raise Unauthorized("token subject is not a valid agent id")
         pub, subs = claims.get("pub", []), claims.get("subs", [])
         if not (isinstance(pub, list) and isinstance(subs, list)):
             raise Unauthorized("token claims 'pub' and 'subs' must be lists")
@@ -132,4 +141,23 @@ class Authority:
             subs=tuple(subs),
             expires_at=float(claims["exp"]),
             jti=str(claims.get("jti", "")),
+            admin=claims.get("admin") is True,
         )
+
+
+def _valid_agent_id(agent: str) -> bool:
+    return (
+        0 < len(agent) <= 128
+        and not agent.startswith("_")
+        and all(c.isprintable() and c not in "/*> " for c in agent)
+    )
+
+
+def validate_agent_id(agent: str) -> str:
+    """Raise ``ValueError`` unless ``agent`` can name an agent (and its ``ctl/<agent>/`` topics)."""
+    if not _valid_agent_id(agent):
+        raise ValueError(
+            f"agent id {agent!r} is invalid: 1-128 printable characters, no '/', '*', '>' or space, "
+            "not starting with '_' (reserved for the system)"
+        )
+    return agent

@@ -81,6 +81,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_outbound_bytes: int = 4 * 1024 * 1024
     #: seconds a connection may stay over ``max_outbound_bytes`` before it is closed
     write_timeout: float = 30.0
+    #: seconds a silent peer keeps its connection (and its agent's presence):
+    #: the gateway pings after half of it idle and waits the other half for the pong
+    presence_timeout: float = 30.0
+    #: the control plane's HTTP port (0: any free port); ``tidings serve`` starts it
+    control_port: int = 7701
     log_level: str = "info"
     #: send each connection's frames of one event-loop turn as one WebSocket
     #: message. Turn off only to measure what coalescing buys (bench/fanout.py).
@@ -89,9 +94,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     namespaces: dict[str, NamespacePolicy] = msgspec.field(default_factory=default_namespaces)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} is out of range")
-        for name in ("hello_timeout", "drain_timeout", "write_timeout"):
+        for name in ("port", "control_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} {getattr(self, name)} is out of range")
+        for name in ("hello_timeout", "drain_timeout", "write_timeout", "presence_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in (

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import msgspec
 
 from tidings.log.types import AppendResult as PublishResult
+from tidings.presence import PresenceTable
 from tidings.protocol.frames import Msg
 
 __all__ = ["CursorState", "Engine", "PublishResult", "TopicCursor"]
@@ -43,6 +44,15 @@ EphemeralCallback = Callable[[Msg], object]
 
 class Engine(ABC):
     """What the gateway needs from wherever messages live."""
+
+    _presence: PresenceTable | None = None
+
+    @property
+    def presence(self) -> PresenceTable:
+        """Who is connected, as every gateway reports it (in memory unless an engine shares it)."""
+        if self._presence is None:
+            self._presence = PresenceTable()
+        return self._presence
 
     @abstractmethod
     async def start(self) -> None:
@@ -109,6 +119,14 @@ class Engine(ABC):
     @abstractmethod
     def offset_at_time(self, topic: str, ts_ms: int) -> int:
         """The ``after`` offset from which ``read`` starts at the first message at or after ``ts_ms``."""
+
+    def count(self, topic: str) -> int:
+        """How many messages of ``topic`` are retained (engines override the scan)."""
+        total, after = 0, self.trimmed_through(topic)
+        while batch := self.read(topic, after, 1000):
+            total += len(batch)
+            after = batch[-1].offset or after
+        return total
 
     @abstractmethod
     def topics(self) -> list[str]:

@@ -166,6 +166,9 @@ class EmbeddedEngine(Engine):
     def offset_at_time(self, topic: str, ts_ms: int) -> int:
         return self.store.offset_at_time(topic, ts_ms)
 
+    def count(self, topic: str) -> int:
+        return self.store.count(topic)
+
     def topics(self) -> list[str]:
         return self.store.topics()
 

@@ -20,6 +20,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 from tidings.auth import ANONYMOUS_GRANTS, Grants
 from tidings.engine.base import PublishResult
 from tidings.errors import (
+    Forbidden,
     FrameTooLarge,
     InvalidFrame,
     LimitExceeded,
@@ -27,6 +28,7 @@ from tidings.errors import (
     ProtocolError,
     StorageError,
     TidingsError,
+    Unauthorized,
 )
 from tidings.protocol import frames as f
 from tidings.protocol.session import CloseCode, ServerSession, State, error_frame
@@ -56,11 +58,16 @@ class Subscription:
 
     def deliver(self, msg: f.Msg) -> None:
         """Send one message of a replay or durable consumer on this subscription."""
-        self.conn.session.send(msgspec.structs.replace(msg, sid=self.sid))
-        self.conn.gateway.mark_dirty(self.conn)
+        self._send(msgspec.structs.replace(msg, sid=self.sid))
 
     def deliver_gap(self, topic: str, first: int, last: int, reason: str) -> None:
-        self.conn.session.send(f.Gap(sid=self.sid, topic=topic, first=first, last=last, reason=reason))
+        self._send(f.Gap(sid=self.sid, topic=topic, first=first, last=last, reason=reason))
+
+    def _send(self, frame: msgspec.Struct) -> None:
+        if self.consumer is not None and self.consumer.priority:
+            self.conn.session.send_priority(frame)
+        else:
+            self.conn.session.send(frame)
         self.conn.gateway.mark_dirty(self.conn)
 
 
@@ -251,6 +258,8 @@ class Connection(WSListener):
             self._check_publish(frame.topic)
             chunk = f.StreamChunk(frame.stream, frame.topic, frame.seq, self.agent, frame.data)
             self.gateway.fan_chunk(chunk)
+        elif isinstance(frame, f.PresenceUpdate):
+            self._on_presence(frame)
         elif isinstance(frame, f.Hello):
             self._on_hello(frame)
         else:
@@ -262,6 +271,9 @@ class Connection(WSListener):
             self.grants = ANONYMOUS_GRANTS
         else:
             self.grants = gw.authority.verify(hello.token)
+            if gw.catalog.is_revoked(self.grants.jti):
+                raise Unauthorized("token has been revoked")
+        capabilities = _checked_capabilities(hello.capabilities)
         s = gw.settings
         self.session.accept(
             f.Welcome(
@@ -280,6 +292,20 @@ class Connection(WSListener):
         if self.grants.expires_at is not None:
             delay = max(0.0, self.grants.expires_at - time.time())
             self._timers.append(asyncio.get_running_loop().call_later(delay, self._token_expired))
+        gw.presence.connected(self, self.grants.agent, _checked_status(hello.status), capabilities)
+
+    def _on_presence(self, update: f.PresenceUpdate) -> None:
+        """The agent changed its status or capabilities; answered (with ``rid``) by an echo."""
+        assert self.grants is not None
+        status = _checked_status(update.status)
+        capabilities = None if update.capabilities is None else _checked_capabilities(update.capabilities)
+        self.gateway.presence.update(self, status or None, capabilities)
+        if update.rid is not None:
+            current = self.gateway.presence.get(self.grants.agent)
+            now = current.status if current is not None else status
+            self.session.send(
+                f.PresenceEvent(agent=self.grants.agent, event="status", status=now, rid=update.rid)
+            )
 
     def _on_sub(self, sub: f.Sub) -> None:
         assert self.grants is not None
@@ -306,8 +332,15 @@ class Connection(WSListener):
             self.gateway.router.add(subscription)
         self._next_sid += 1  # only now: a refused sub uses no sid
         self.subs[sid] = subscription
-        # subbed goes out before the first delivery: both are queued in this turn, in order
-        self.session.send(f.Subbed(sid=sid, topic=pattern, rid=sub.rid, durable=durable, head=head))
+        if pattern.startswith("conv/") and not is_wildcard(pattern):
+            self.gateway.presence.joined(self, pattern)
+        # subbed goes out before the first delivery: both are queued in this turn, in
+        # order (on the priority lane for ctl/, where its deliveries go)
+        subbed = f.Subbed(sid=sid, topic=pattern, rid=sub.rid, durable=durable, head=head)
+        if subscription.consumer is not None and subscription.consumer.priority:
+            self.session.send_priority(subbed)
+        else:
+            self.session.send(subbed)
 
     def _on_unsub(self, unsub: f.Unsub) -> None:
         subscription = self.subs.pop(unsub.sid, None)
@@ -346,6 +379,9 @@ class Connection(WSListener):
 
     def _check_publish(self, topic: str) -> None:
         """Raise ``InvalidTopic`` or ``Forbidden`` unless this agent may publish to ``topic``."""
+        closed = self.gateway.catalog.closed
+        if closed and topic in closed:
+            raise Forbidden(f"conversation {topic!r} is closed: it takes no more messages")
         if topic in self._may_publish:
             return
         assert self.grants is not None
@@ -377,8 +413,6 @@ class Connection(WSListener):
         self.gateway.mark_dirty(self)
 
     def _token_expired(self) -> None:
-        from tidings.errors import Unauthorized
-
         self.session.fail(Unauthorized("token has expired"), CloseCode.POLICY_VIOLATION)
         self.gateway.mark_dirty(self)
 
@@ -400,3 +434,21 @@ class Connection(WSListener):
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         self.session.close(code, reason)
         self.gateway.mark_dirty(self)
+
+
+MAX_CAPABILITIES = 64
+MAX_LABEL = 64
+
+
+def _checked_status(status: str) -> str:
+    if len(status) > MAX_LABEL:
+        raise InvalidFrame(f"status is longer than {MAX_LABEL} characters")
+    return status
+
+
+def _checked_capabilities(capabilities: list[str]) -> list[str]:
+    if len(capabilities) > MAX_CAPABILITIES:
+        raise InvalidFrame(f"more than {MAX_CAPABILITIES} capabilities")
+    if any(not isinstance(c, str) or not c or len(c) > MAX_LABEL for c in capabilities):
+        raise InvalidFrame(f"each capability is a non-empty string of at most {MAX_LABEL} characters")
+    return capabilities

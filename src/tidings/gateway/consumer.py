@@ -98,6 +98,9 @@ class Consumer:
         self.pattern = pattern
         self.policy = policy
         self.acks = acks
+        #: the control lane: delivered ahead of data and even to a connection
+        #: whose outgoing buffer is full of data (DESIGN "Guarantees" 6)
+        self.priority = pattern.startswith("ctl/")
         self.members: list[Subscription] = []
         self.topics: dict[str, TopicState] = {}
         self.pending: dict[tuple[str, int], Pending] = {}
@@ -150,7 +153,7 @@ class Consumer:
         self.schedule()
 
     def _has_room(self, m: Subscription) -> bool:
-        if m.conn.write_paused:
+        if m.conn.write_paused and not self.priority:
             return False
         if self.acks:
             return m.inflight < m.max_inflight

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from tidings.config import Settings
+from tidings.config import NamespacePolicy, Settings
 from tidings.engine.base import Engine
 from tidings.errors import NotSupported
 from tidings.gateway.consumer import Consumer, Pending, Phase
@@ -33,9 +34,16 @@ def consumer_key(agent: str, name: str, pattern: str) -> str:
 
 
 class Consumers:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        policy: Callable[[str], NamespacePolicy] | None = None,
+    ) -> None:
+        """``policy(topic)`` gives a topic's delivery policy (default: its namespace's)."""
         self.engine = engine
         self.settings = settings
+        self.policy = policy or settings.policy
         self.router: Router[Consumer] = Router()
         self.by_key: dict[str, Consumer] = {}
         self._idle_since: dict[str, float] = {}
@@ -68,7 +76,7 @@ class Consumers:
         first = member.pattern.split("/", 1)[0]
         if first not in DURABLE_NAMESPACES and first not in ("*", ">"):
             raise NotSupported(f"{member.pattern!r} is ephemeral: it has no history to replay or ack")
-        policy = self.settings.policy(member.pattern if first in DURABLE_NAMESPACES else "conv/_/_")
+        policy = self.policy(member.pattern if first in DURABLE_NAMESPACES else "conv/_/_")
         if sub.consumer is None:
             consumer = Consumer(self, f"reader\x00{id(member)}", member.pattern, policy, False, sub.start)
             self.router.add(consumer)
@@ -118,7 +126,8 @@ class Consumers:
     def _pump(self) -> None:
         self._pump_pending = False
         scheduled, self._scheduled = self._scheduled, {}
-        for consumer in scheduled:
+        # The control lane first: its frames also jump the queue in the session.
+        for consumer in sorted(scheduled, key=lambda c: not c.priority):
             try:
                 consumer.pump()
             except Exception:

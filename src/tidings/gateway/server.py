@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -27,6 +28,7 @@ from picows import (
 
 import tidings
 from tidings.auth import Authority
+from tidings.catalog import SYSTEM_SENDER, Catalog
 from tidings.config import Settings
 from tidings.engine.base import Engine
 from tidings.engine.embedded import EmbeddedEngine
@@ -35,6 +37,7 @@ from tidings.gateway.connection import Connection, Subscription
 from tidings.gateway.consumers import Consumers
 from tidings.gateway.router import Router
 from tidings.metrics import GatewayStats
+from tidings.presence import PresenceEvent
 from tidings.protocol import frames as f
 from tidings.protocol.codec import JSON, SUBPROTOCOLS, negotiate
 from tidings.protocol.session import CloseCode
@@ -45,24 +48,30 @@ HEALTH_PATHS = (b"/healthz", b"/health")
 
 
 class Gateway:
-    heartbeat_s = 20.0
-
     def __init__(
         self,
         settings: Settings,
         authority: Authority,
         engine: Engine | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         """``on_fatal`` is called if durable storage fails (a failed fsync): the
         process must stop, since nothing more can be acknowledged. ``tidings
-        serve`` exits with status 70; tests may do what they like."""
+        serve`` exits with status 70; tests may do what they like.
+
+        Without an ``engine`` the gateway opens the embedded one, with the
+        catalog deciding retention (an engine passed in decides its own)."""
         self.settings = settings
         self.authority = authority
+        self.catalog = catalog or Catalog(settings)
         self.engine: Engine = engine or EmbeddedEngine(
-            settings.data_path, settings.shards, retention=settings.retention, on_fatal=on_fatal
+            settings.data_path, settings.shards, retention=self.catalog.retention, on_fatal=on_fatal
         )
-        self.consumers = Consumers(self.engine, settings)
+        self.presence = self.engine.presence
+        #: the gateway pings a connection idle this long, and waits as long for the pong
+        self.heartbeat_s = settings.presence_timeout / 2
+        self.consumers = Consumers(self.engine, settings, self.catalog.policy)
         self.router: Router[Subscription] = Router()
         self.stats = GatewayStats()
         self.server_name = f"tidings/{tidings.__version__}"
@@ -84,6 +93,9 @@ class Gateway:
         """
         self._loop = asyncio.get_running_loop()
         await self.engine.start()
+        await self.catalog.open(self.engine)
+        self.catalog.on_revoke(self._token_revoked)
+        self.presence.listen(self._announce_presence)
         self.engine.on_commit(self._on_commit, self._listened)
         self.engine.on_ephemeral(self.fanout)
         self.consumers.start()
@@ -153,6 +165,24 @@ class Gateway:
         peer = request.headers.get("X-Forwarded-For", "")
         return WSUpgradeResponseWithListener(response, Connection(self, chosen or JSON, peer))
 
+    def _token_revoked(self, jti: str) -> None:
+        """Close every connection holding the revoked token (1008, "token revoked")."""
+        for conn in list(self.connections):
+            if conn.grants is not None and conn.grants.jti == jti:
+                log.info("closing agent %r: its token was revoked", conn.agent)
+                conn.close(CloseCode.POLICY_VIOLATION, "token revoked")
+
+    def _announce_presence(self, event: PresenceEvent) -> None:
+        """Publish a join, leave or status change on ``sig/presence/<topic>`` (ephemeral)."""
+        msg = f.Msg(
+            topic=f"sig/presence/{event.topic}",
+            id=self.next_id(),
+            sender=SYSTEM_SENDER,
+            ts=time.time_ns() // 1_000_000,
+            body={"agent": event.agent, "event": event.event, "status": event.status, "topic": event.topic},
+        )
+        self.engine.publish_ephemeral(msg)
+
     def register(self, conn: Connection) -> None:
         self.connections.add(conn)
         self.stats.connections_opened += 1
@@ -162,11 +192,14 @@ class Gateway:
         for sub in conn.subs.values():
             self.drop_subscription(sub)
         conn.subs.clear()
+        self.presence.disconnected(conn)
         self.stats.connections_closed += 1
         if not self.connections:
             self._drained.set()
 
     def drop_subscription(self, sub: Subscription) -> None:
+        if sub.pattern.startswith("conv/"):
+            self.presence.left(sub.conn, sub.pattern)
         if sub.consumer is None:
             self.router.remove(sub)
         else:

@@ -348,6 +348,10 @@ class Shard:
         index = self._topics.get(topic)
         return index.head if index is not None else 0
 
+    def count(self, topic: str) -> int:
+        index = self._topics.get(topic)
+        return len(index.offsets) if index is not None else 0
+
     def trimmed_through(self, topic: str) -> int:
         index = self._topics.get(topic)
         return index.trimmed_through if index is not None else 0

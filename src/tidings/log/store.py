@@ -223,6 +223,10 @@ class Store:
         """The highest offset ever stored durably in ``topic`` (trimmed or not); 0 if none."""
         return self._shard(topic).head(topic)
 
+    def count(self, topic: str) -> int:
+        """How many durable records of ``topic`` are retained."""
+        return self._shard(topic).count(topic)
+
     def trimmed_through(self, topic: str) -> int:
         """The highest offset of ``topic`` removed by retention; 0 if none."""
         return self._shard(topic).trimmed_through(topic)

@@ -222,6 +222,7 @@ class PresenceEvent(msgspec.Struct, tag="presence", **_FRAME):
     event: str
     status: str = ""
     topic: str = ""
+    rid: int | None = None
 
 
 def op_of(frame: object) -> str:

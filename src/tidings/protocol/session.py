@@ -84,6 +84,7 @@ class Session(Generic[E]):
         "_incoming",
         "_outgoing",
         "_outgoing_bytes",
+        "_priority",
         "close_code",
         "close_reason",
         "codec",
@@ -98,6 +99,7 @@ class Session(Generic[E]):
         self._incoming: deque[E] = deque()
         self._outgoing: list[bytes] = []
         self._outgoing_bytes = 0
+        self._priority = 0  # frames at the front of _outgoing sent with priority
 
     # -- incoming --------------------------------------------------------
 
@@ -146,6 +148,16 @@ class Session(Generic[E]):
         self._outgoing.append(data)
         self._outgoing_bytes += len(data)
 
+    def send_priority(self, frame: msgspec.Struct) -> None:
+        """Queue one frame ahead of every ordinary frame queued (the ``ctl/`` lane).
+
+        Priority frames keep their order among themselves.
+        """
+        data = self.codec.encode(frame)
+        self._outgoing.insert(self._priority, data)
+        self._priority += 1
+        self._outgoing_bytes += len(data)
+
     @property
     def pending_bytes(self) -> int:
         """Bytes queued and not yet taken by ``data_to_send()``."""
@@ -163,6 +175,7 @@ class Session(Generic[E]):
         frames, total = self._outgoing, self._outgoing_bytes
         self._outgoing = []
         self._outgoing_bytes = 0
+        self._priority = 0
         limit = self.codec.max_frame_bytes - 16  # room for the array header and commas
         if len(frames) <= MAX_BATCH and total + len(frames) <= limit:
             return [self.codec.join(frames)]

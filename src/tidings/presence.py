@@ -1,0 +1,200 @@
+"""Presence: which agents are connected, what they can do, what they are doing.
+
+Agents declare ``capabilities`` and a ``status`` in ``hello`` and may change
+them later with a ``presence`` frame. An agent is online while it holds at
+least one connection; a connection is a lease kept by WebSocket heartbeats: a
+peer that stops answering pings is disconnected after ``presence_timeout``
+(``Settings``), and its agent goes offline with it.
+
+The table is owned by the engine (``Engine.presence``), so that a distributed
+engine can keep it where every gateway and the control plane see it; the
+embedded engine keeps it in memory. Gateways report connections and
+conversation membership here; the control plane only reads it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+#: offline agents remembered (with their last status and last-seen time)
+OFFLINE_REMEMBERED = 10_000
+
+
+class AgentPresence(msgspec.Struct, kw_only=True):
+    """What the control plane reports for one agent."""
+
+    agent: str
+    online: bool
+    status: str = ""
+    capabilities: list[str] = []
+    #: durable conversation topics the agent is subscribed to now
+    conversations: list[str] = []
+    connections: int = 0
+    #: ms since the epoch: when it came online (or went offline, when offline)
+    since_ms: int = 0
+
+
+class PresenceEvent(msgspec.Struct, kw_only=True):
+    """A change to announce on ``sig/presence/<topic>``: join, leave or status."""
+
+    agent: str
+    event: str
+    topic: str
+    status: str = ""
+
+
+PresenceListener = Callable[[PresenceEvent], None]
+
+
+class _Conn:
+    __slots__ = ("agent", "capabilities", "status", "topics")
+
+    def __init__(self, agent: str, status: str, capabilities: list[str]) -> None:
+        self.agent = agent
+        self.status = status
+        self.capabilities = capabilities
+        self.topics: dict[str, int] = {}  # conversation topic -> subscriptions to it
+
+
+class PresenceTable:
+    """Agents by connection. All methods are synchronous and cheap (called from the gateway)."""
+
+    def __init__(self) -> None:
+        self._conns: dict[object, _Conn] = {}
+        self._online: dict[str, dict[object, None]] = {}
+        self._since: dict[str, int] = {}
+        self._offline: OrderedDict[str, AgentPresence] = OrderedDict()
+        self._listeners: list[PresenceListener] = []
+
+    def listen(self, listener: PresenceListener) -> None:
+        """Call ``listener`` with every join, leave and status event."""
+        self._listeners.append(listener)
+
+    # -- what gateways report -------------------------------------------------
+
+    def connected(self, conn: object, agent: str, status: str, capabilities: Iterable[str]) -> None:
+        self._conns[conn] = _Conn(agent, status or "idle", sorted(set(capabilities)))
+        if agent not in self._online:
+            self._online[agent] = {}
+            self._since[agent] = _now_ms()
+            self._offline.pop(agent, None)
+        self._online[agent][conn] = None
+
+    def disconnected(self, conn: object) -> None:
+        entry = self._conns.get(conn)
+        if entry is None:
+            return
+        before = self._topics_of(entry.agent)
+        summary = self._summary(entry.agent)
+        del self._conns[conn]
+        conns = self._online[entry.agent]
+        del conns[conn]
+        if not conns:
+            del self._online[entry.agent]
+            del self._since[entry.agent]
+            summary.online, summary.connections, summary.conversations = False, 0, []
+            summary.since_ms = _now_ms()
+            self._offline[entry.agent] = summary
+            while len(self._offline) > OFFLINE_REMEMBERED:
+                self._offline.popitem(last=False)
+        after = self._topics_of(entry.agent)
+        for topic in sorted(before - after):
+            self._emit(PresenceEvent(agent=entry.agent, event="leave", topic=topic, status=entry.status))
+
+    def update(self, conn: object, status: str | None, capabilities: Iterable[str] | None) -> None:
+        """A ``presence`` frame: new status and/or capabilities for the agent of ``conn``."""
+        entry = self._conns.get(conn)
+        if entry is None:
+            return
+        if capabilities is not None:
+            entry.capabilities = sorted(set(capabilities))
+        if status and status != entry.status:
+            for other in self._online[entry.agent]:
+                self._conns[other].status = status
+            for topic in sorted(self._topics_of(entry.agent)):
+                self._emit(PresenceEvent(agent=entry.agent, event="status", topic=topic, status=status))
+
+    def joined(self, conn: object, topic: str) -> None:
+        """``conn`` subscribed to conversation ``topic``."""
+        entry = self._conns.get(conn)
+        if entry is None:
+            return
+        first = topic not in self._topics_of(entry.agent)
+        entry.topics[topic] = entry.topics.get(topic, 0) + 1
+        if first:
+            self._emit(PresenceEvent(agent=entry.agent, event="join", topic=topic, status=entry.status))
+
+    def left(self, conn: object, topic: str) -> None:
+        """``conn`` dropped one subscription to conversation ``topic``."""
+        entry = self._conns.get(conn)
+        if entry is None or topic not in entry.topics:
+            return
+        entry.topics[topic] -= 1
+        if entry.topics[topic] == 0:
+            del entry.topics[topic]
+            if topic not in self._topics_of(entry.agent):
+                self._emit(PresenceEvent(agent=entry.agent, event="leave", topic=topic, status=entry.status))
+
+    # -- what the control plane reads -------------------------------------------
+
+    def is_online(self, agent: str) -> bool:
+        return agent in self._online
+
+    def get(self, agent: str) -> AgentPresence | None:
+        if agent in self._online:
+            return self._summary(agent)
+        return self._offline.get(agent)
+
+    def agents(
+        self,
+        *,
+        capability: str | None = None,
+        status: str | None = None,
+        conversation: str | None = None,
+        online: bool | None = None,
+    ) -> list[AgentPresence]:
+        """Every known agent (online first, then recently offline), filtered."""
+        found = [self._summary(a) for a in sorted(self._online)]
+        found += list(reversed(self._offline.values()))
+        return [
+            p
+            for p in found
+            if (capability is None or capability in p.capabilities)
+            and (status is None or p.status == status)
+            and (conversation is None or conversation in p.conversations)
+            and (online is None or p.online == online)
+        ]
+
+    def members_online(self, topic: str) -> list[str]:
+        """Agents subscribed to conversation ``topic`` right now."""
+        return sorted(a for a in self._online if topic in self._topics_of(a))
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _topics_of(self, agent: str) -> set[str]:
+        return {t for conn in self._online.get(agent, ()) for t in self._conns[conn].topics}
+
+    def _summary(self, agent: str) -> AgentPresence:
+        entries = [self._conns[c] for c in self._online[agent]]
+        latest = entries[-1]
+        return AgentPresence(
+            agent=agent,
+            online=True,
+            status=latest.status,
+            capabilities=sorted({c for e in entries for c in e.capabilities}),
+            conversations=sorted(self._topics_of(agent)),
+            connections=len(entries),
+            since_ms=self._since[agent],
+        )
+
+    def _emit(self, event: PresenceEvent) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
