@@ -20,6 +20,7 @@ request could reach also matches the grant (``protocol.topics.covers``).
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import uuid
@@ -145,19 +146,21 @@ class Authority:
         )
 
 
+#: an agent id: it names the agent's ``ctl/<agent>/`` topics, so it is one topic segment,
+#: and it may not start with "_" (reserved for the system)
+AGENT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@=+-]{0,127}$"
+_AGENT_ID = re.compile(AGENT_ID)
+
+
 def _valid_agent_id(agent: str) -> bool:
-    return (
-        0 < len(agent) <= 128
-        and not agent.startswith("_")
-        and all(c.isprintable() and c not in "/*> " for c in agent)
-    )
+    return _AGENT_ID.fullmatch(agent) is not None
 
 
 def validate_agent_id(agent: str) -> str:
     """Raise ``ValueError`` unless ``agent`` can name an agent (and its ``ctl/<agent>/`` topics)."""
     if not _valid_agent_id(agent):
         raise ValueError(
-            f"agent id {agent!r} is invalid: 1-128 printable characters, no '/', '*', '>' or space, "
-            "not starting with '_' (reserved for the system)"
+            f"agent id {agent!r} is invalid: 1-128 of A-Z a-z 0-9 _ . : @ = + -, "
+            "starting with a letter or digit"
         )
     return agent

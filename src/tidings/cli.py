@@ -56,17 +56,29 @@ def serve(
     allow_anonymous: Annotated[
         bool | None, typer.Option("--allow-anonymous", help="Accept hellos without a token.")
     ] = None,
+    control_port: Annotated[
+        int | None, typer.Option(help="Control plane HTTP port [7701]; 0 picks a free one.")
+    ] = None,
+    no_control: Annotated[bool, typer.Option("--no-control", help="Run the gateway alone.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Run the gateway until SIGTERM or Ctrl-C, then drain and exit."""
-    settings = _settings(config, host=host, port=port, data_dir=data_dir, allow_anonymous=allow_anonymous)
+    """Run the gateway and the control plane until SIGTERM or Ctrl-C, then drain and exit."""
+    settings = _settings(
+        config,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        allow_anonymous=allow_anonymous,
+        control_port=control_port,
+    )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    _run(_serve(settings))
+    _run(_serve(settings, control=not no_control))
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, control: bool = True) -> None:
+    from tidings.control import ControlPlane
     from tidings.gateway import Gateway
 
     authority = Authority.from_data_dir(settings.data_path)
@@ -76,17 +88,81 @@ async def _serve(settings: Settings) -> None:
     except TidingsError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    plane = ControlPlane(settings, authority, gateway.engine, gateway.catalog) if control else None
+    if plane is not None:
+        try:
+            await plane.start()
+        except OSError as exc:
+            await gateway.stop()
+            print(
+                f"error: control plane cannot listen on port {settings.control_port}: {exc}", file=sys.stderr
+            )
+            raise SystemExit(1) from None
     dev_token = authority.mint("dev", pub=[">"], subs=[">"], ttl=DEV_TOKEN_TTL)
     print(f"tidings listening on {gateway.url}", flush=True)
     print(f"dev token (agent 'dev', all topics, 24 h):\n  export TIDINGS_TOKEN={dev_token}", flush=True)
+    if plane is not None:
+        admin = authority.mint("operator", ttl=DEV_TOKEN_TTL, admin=True)
+        print(f"control plane on {plane.url} (API docs: {plane.url}/docs)", flush=True)
+        print(f"admin token (24 h):\n  export TIDINGS_ADMIN_TOKEN={admin}", flush=True)
+    await _until_signalled()
+    print("draining...", flush=True)
+    if plane is not None:
+        await plane.stop()
+    await gateway.stop()
+    print("stopped", flush=True)
+
+
+async def _until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    print("draining...", flush=True)
-    await gateway.stop()
-    print("stopped", flush=True)
+
+
+@app.command()
+def control(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [127.0.0.1].")] = None,
+    control_port: Annotated[int | None, typer.Option(help="HTTP port [7701].")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the control plane alone over the data directory (while no gateway holds it)."""
+    settings = _settings(config, host=host, data_dir=data_dir, control_port=control_port)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    _run(_control(settings))
+
+
+async def _control(settings: Settings) -> None:
+    from tidings.catalog import Catalog
+    from tidings.control import ControlPlane
+    from tidings.engine.embedded import EmbeddedEngine
+
+    authority = Authority.from_data_dir(settings.data_path)
+    catalog = Catalog(settings)
+    engine = EmbeddedEngine(
+        settings.data_path, settings.shards, retention=catalog.retention, on_fatal=_storage_failed
+    )
+    try:
+        await engine.start()
+        await catalog.open(engine)
+    except (TidingsError, OSError) as exc:
+        print(f"error: cannot open {settings.data_path}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    plane = ControlPlane(settings, authority, engine, catalog)
+    try:
+        await plane.start()
+    except OSError as exc:
+        await engine.stop()
+        print(f"error: cannot listen on port {settings.control_port}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"control plane on {plane.url} (API docs: {plane.url}/docs)", flush=True)
+    await _until_signalled()
+    await plane.stop()
+    await engine.stop()
 
 
 def _storage_failed(exc: BaseException) -> None:
@@ -103,6 +179,7 @@ def token(
     pub: Annotated[list[str] | None, typer.Option(help="Topic pattern it may publish to (repeat).")] = None,
     sub: Annotated[list[str] | None, typer.Option(help="Topic pattern it may subscribe to (repeat).")] = None,
     ttl: Annotated[int, typer.Option(help="Seconds until it expires.")] = 3600,
+    admin: Annotated[bool, typer.Option("--admin", help="An operator token for the control plane.")] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -110,7 +187,7 @@ def token(
     settings = _settings(config, data_dir=data_dir)
     authority = Authority.from_data_dir(settings.data_path)
     try:
-        print(authority.mint(agent, pub=pub or [], subs=sub or [], ttl=ttl))
+        print(authority.mint(agent, pub=pub or [], subs=sub or [], ttl=ttl, admin=admin))
     except (ValueError, TidingsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -255,4 +332,7 @@ def bench(
 
 
 def main() -> None:
+    from tidings.control.cli import add_commands
+
+    add_commands(app)
     app()

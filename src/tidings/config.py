@@ -24,6 +24,7 @@ import msgspec
 from tidings.log.types import RetentionPolicy
 
 ENV_PREFIX = "TIDINGS_"
+DEFAULT_CONTROL_PORT = 7701
 
 
 class NamespacePolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -84,8 +85,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: seconds a silent peer keeps its connection (and its agent's presence):
     #: the gateway pings after half of it idle and waits the other half for the pong
     presence_timeout: float = 30.0
-    #: the control plane's HTTP port (0: any free port); ``tidings serve`` starts it
-    control_port: int = 7701
+    #: the control plane's HTTP port (0: any free port); ``tidings serve`` starts it.
+    #: Unset: 7701, or any free port when ``port`` is 0 (so test servers never collide)
+    control_port: int | None = None
     log_level: str = "info"
     #: send each connection's frames of one event-loop turn as one WebSocket
     #: message. Turn off only to measure what coalescing buys (bench/fanout.py).
@@ -94,6 +96,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     namespaces: dict[str, NamespacePolicy] = msgspec.field(default_factory=default_namespaces)
 
     def __post_init__(self) -> None:
+        if self.control_port is None:
+            self.control_port = 0 if self.port == 0 else DEFAULT_CONTROL_PORT
         for name in ("port", "control_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} {getattr(self, name)} is out of range")

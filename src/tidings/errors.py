@@ -14,6 +14,8 @@ loop retries what is retriable and surfaces the rest.
     │   └── Forbidden            the token does not grant this topic
     ├── LimitExceeded            a per-connection limit (subscriptions, ...)
     ├── NotSupported             an operation this server or topic does not offer
+    ├── NotFound                 no such conversation, agent or command (control plane)
+    ├── Conflict                 it exists already (control plane)
     ├── RetryLater               backpressure: try again after ``retry_after_ms``
     ├── ConnectionLost           the transport went away (retriable)
     └── StorageError             the durable store failed
@@ -83,6 +85,14 @@ class NotSupported(TidingsError):
     code = "not_supported"
 
 
+class NotFound(TidingsError):
+    code = "not_found"
+
+
+class Conflict(TidingsError):
+    code = "conflict"
+
+
 class RetryLater(TidingsError):
     """Backpressure: the request was refused, nothing was stored; retry later."""
 
@@ -134,6 +144,8 @@ BY_CODE: dict[str, type[TidingsError]] = {
         Forbidden,
         LimitExceeded,
         NotSupported,
+        NotFound,
+        Conflict,
         RetryLater,
         ConnectionLost,
         StorageError,

@@ -62,3 +62,13 @@ def test_sdk_needs_nothing_of_the_server() -> None:
     for path in (SRC / "sdk").rglob("*.py"):
         for name in imported_modules(path):
             assert not name.startswith(server_parts), f"{path.relative_to(SRC)} imports {name}"
+
+
+def test_control_plane_never_touches_the_gateway() -> None:
+    """DESIGN: the control plane sees the engine interface, auth and metrics, never a gateway
+    (so it cannot sit in the path of a data message)."""
+    for path in sorted((SRC / "control").rglob("*.py")):
+        for name in imported_modules(path):
+            assert not (name == "tidings.gateway" or name.startswith("tidings.gateway.")), (
+                f"{path.relative_to(SRC)} imports {name}"
+            )

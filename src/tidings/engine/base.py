@@ -18,7 +18,12 @@ from tidings.log.types import AppendResult as PublishResult
 from tidings.presence import PresenceTable
 from tidings.protocol.frames import Msg
 
-__all__ = ["CursorState", "Engine", "PublishResult", "TopicCursor"]
+__all__ = ["CursorState", "Engine", "PublishResult", "TopicCursor", "consumer_key"]
+
+
+def consumer_key(agent: str, name: str, pattern: str) -> str:
+    """The key a durable consumer's cursor is saved under: one per (agent, consumer, pattern)."""
+    return f"{agent}\x00{name}\x00{pattern}"
 
 
 class TopicCursor(msgspec.Struct):

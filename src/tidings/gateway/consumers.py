@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from tidings.config import NamespacePolicy, Settings
-from tidings.engine.base import Engine
+from tidings.engine.base import Engine, consumer_key
 from tidings.errors import NotSupported
 from tidings.gateway.consumer import Consumer, Pending, Phase
 from tidings.gateway.router import Router
@@ -27,10 +27,6 @@ log = logging.getLogger("tidings.gateway")
 TICK_S = 0.02
 SAVE_EVERY_S = 0.2
 IDLE_EVICT_S = 600.0
-
-
-def consumer_key(agent: str, name: str, pattern: str) -> str:
-    return f"{agent}\x00{name}\x00{pattern}"
 
 
 class Consumers:

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 from types import TracebackType
 from typing import Any, Literal
@@ -40,7 +40,7 @@ from tidings.protocol.session import ClientSession
 from tidings.sdk.backoff import Backoff
 from tidings.sdk.commands import CommandHandler, Commands
 from tidings.sdk.context import causal_defaults
-from tidings.sdk.handlers import HandlerSpec, run_handler
+from tidings.sdk.handlers import HandlerSpec, Work, run_handler
 from tidings.sdk.link import Link, error_from_frame, new_id
 from tidings.sdk.outbox import Outbox, Outgoing
 from tidings.sdk.requests import Requester
@@ -72,6 +72,9 @@ class Agent:
         buffer_bytes: int = 16 * 1024 * 1024,
         when_full: Literal["wait", "raise"] = "wait",
         connect_timeout: float = 10.0,
+        capabilities: Sequence[str] = (),
+        status: str = "idle",
+        commands: bool = False,
     ) -> None:
         self.url = url
         self.token = token
@@ -96,6 +99,12 @@ class Agent:
         self._handlers: list[HandlerSpec] = []
         self._requester = Requester(self)
         self._commands = Commands(self)
+        #: what the handlers are working on (cancel and pause commands act on it)
+        self.work = Work()
+        self.capabilities = list(capabilities)
+        self.status = status
+        if commands:
+            self._commands.accept()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_callbacks: list[Callable[[ConnectionState], Any]] = []
         self._lost = asyncio.Event()
@@ -174,7 +183,9 @@ class Agent:
     # -- connecting -----------------------------------------------------------
 
     async def _connect(self) -> None:
-        hello = f.Hello(token=self.token, client=self.name, rid=0)
+        hello = f.Hello(
+            token=self.token, client=self.name, rid=0, capabilities=self.capabilities, status=self.status
+        )
         session = ClientSession(self.subprotocol, hello)
         link = Link(self, session)
         welcome: asyncio.Future[f.Welcome] = asyncio.get_running_loop().create_future()
@@ -303,7 +314,7 @@ class Agent:
         elif isinstance(frame, f.Welcome):
             if not self._welcome.done():
                 self._welcome.set_result(frame)
-        elif isinstance(frame, f.Unsubbed):
+        elif isinstance(frame, f.Unsubbed | f.PresenceEvent):
             fut = self._requests.pop(frame.rid, None) if frame.rid is not None else None
             if fut is not None and not fut.done():
                 fut.set_result(frame)
@@ -439,6 +450,24 @@ class Agent:
         """
         return self._commands.on_command(name)
 
+    def accept_commands(self) -> None:
+        """Take commands from the control plane (``ctl/<agent-id>/commands``) even with no
+        ``on_command`` handler: the built-in ``cancel``, ``pause`` and ``resume`` then work."""
+        self._commands.accept()
+
+    async def set_status(self, status: str, capabilities: Sequence[str] | None = None) -> None:
+        """Tell the server (and ``sig/presence/`` subscribers) this agent's status, e.g. "busy".
+
+        Kept across reconnects. Raises the server's error (e.g. ``InvalidFrame``
+        for a status over 64 characters).
+        """
+        self.status = status
+        if capabilities is not None:
+            self.capabilities = list(capabilities)
+        if self.is_open:
+            caps = None if capabilities is None else list(capabilities)
+            await self._request(f.PresenceUpdate(status=status, capabilities=caps))
+
     # -- subscribing ----------------------------------------------------------
 
     def subscribe(
@@ -546,7 +575,7 @@ class Agent:
         sub = self.subscribe(
             spec.pattern, consumer=spec.consumer, start=spec.start, max_inflight=max(spec.concurrency, 1) * 4
         )
-        task = asyncio.create_task(run_handler(spec, sub), name=f"tidings-handler-{spec.pattern}")
+        task = asyncio.create_task(run_handler(spec, sub, self.work), name=f"tidings-handler-{spec.pattern}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

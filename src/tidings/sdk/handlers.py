@@ -23,15 +23,61 @@ class HandlerSpec:
     start: f.Start | int | None
     concurrency: int
     nack_delay_ms: int
+    #: data handlers wait while the agent is paused; the command handler never does
+    gated: bool = True
 
 
-async def handle_one(spec: HandlerSpec, msg: Message) -> None:
+class Work:
+    """The messages an agent's handlers are working on: what ``cancel`` and ``pause`` act on."""
+
+    def __init__(self) -> None:
+        self.running: dict[asyncio.Task[None], Message] = {}
+        self.resumed = asyncio.Event()
+        self.resumed.set()
+        self._cancelled: set[asyncio.Task[None]] = set()
+
+    def cancel(self, *, topic: str | None = None, message_id: str | None = None) -> int:
+        """Cancel the handlers working on messages of ``topic`` or on message ``message_id``.
+
+        A cancelled message is acked (the work was called off; redelivering it
+        would start it again). Returns how many handlers were cancelled.
+        """
+        hit = [
+            task
+            for task, msg in self.running.items()
+            if (topic is not None and msg.topic == topic) or (message_id is not None and msg.id == message_id)
+        ]
+        for task in hit:
+            self._cancelled.add(task)
+            task.cancel()
+        return len(hit)
+
+    def called_off(self, task: asyncio.Task[None]) -> bool:
+        return task in self._cancelled
+
+    def start(self, spec: HandlerSpec, msg: Message) -> asyncio.Task[None]:
+        task = asyncio.create_task(handle_one(spec, msg, self))
+        self.running[task] = msg
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.running.pop(task, None)
+        self._cancelled.discard(task)
+
+
+async def handle_one(spec: HandlerSpec, msg: Message, work: Work | None = None) -> None:
     """Run the handler for one message: ack on success, nack on an exception."""
     token = current_message.set(msg.raw)
     try:
         await spec.fn(msg)
     except asyncio.CancelledError:
-        raise
+        task = asyncio.current_task()
+        if work is None or task is None or not work.called_off(task):
+            raise
+        task.uncancel()
+        log.info("handler for %s: %s was cancelled by a command", spec.pattern, msg.id)
+        msg.ack()
     except Exception:
         log.exception("handler for %s failed on %s (attempt %d)", spec.pattern, msg.id, msg.attempt)
         msg.nack(spec.nack_delay_ms)
@@ -41,26 +87,23 @@ async def handle_one(spec: HandlerSpec, msg: Message) -> None:
         current_message.reset(token)
 
 
-async def run_handler(spec: HandlerSpec, sub: Subscription) -> None:
-    if spec.concurrency <= 1:
-        async for msg in sub:
-            await handle_one(spec, msg)
-        return
-    slots = asyncio.Semaphore(spec.concurrency)
+async def run_handler(spec: HandlerSpec, sub: Subscription, work: Work) -> None:
+    """Feed ``sub``'s messages to the handler, at most ``spec.concurrency`` at once."""
+    slots = asyncio.Semaphore(max(spec.concurrency, 1))
     running: set[asyncio.Task[None]] = set()
 
-    async def guarded(msg: Message) -> None:
-        try:
-            await handle_one(spec, msg)
-        finally:
-            slots.release()
+    def release(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        slots.release()
 
     try:
         async for msg in sub:
             await slots.acquire()
-            task = asyncio.create_task(guarded(msg))
+            if spec.gated:
+                await work.resumed.wait()
+            task = work.start(spec, msg)
             running.add(task)
-            task.add_done_callback(running.discard)
+            task.add_done_callback(release)
     finally:
         for task in running:
             task.cancel()
