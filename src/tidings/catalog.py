@@ -49,6 +49,7 @@ class ConversationPolicy(msgspec.Struct, kw_only=True, omit_defaults=True, forbi
     max_messages: int | None = None
     max_bytes: int | None = None
     max_age_s: float | None = None
+    dedup_window_s: float | None = None
     ack_wait_ms: int | None = None
     max_deliver: int | None = None
 
@@ -179,7 +180,14 @@ class Catalog:
         p = conversation.policy
         overrides = {
             name: value
-            for name in ("max_messages", "max_bytes", "max_age_s", "ack_wait_ms", "max_deliver")
+            for name in (
+                "max_messages",
+                "max_bytes",
+                "max_age_s",
+                "dedup_window_s",
+                "ack_wait_ms",
+                "max_deliver",
+            )
             if (value := getattr(p, name)) is not None
         }
         if overrides:

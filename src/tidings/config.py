@@ -37,6 +37,8 @@ class NamespacePolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_messages: int | None = None
     max_bytes: int | None = None
     max_age_s: float | None = None
+    #: seconds an id is remembered for dedup (None: as long as its message is retained)
+    dedup_window_s: float | None = None
     #: ms a durable consumer has to ack a delivery before it is redelivered
     ack_wait_ms: int = 30_000
     #: deliveries before a message goes to ``dlq/<topic>``
@@ -50,7 +52,8 @@ class NamespacePolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def retention(self) -> RetentionPolicy:
         age = None if self.max_age_s is None else int(self.max_age_s * 1000)
-        return RetentionPolicy(self.max_messages, self.max_bytes, age)
+        window = None if self.dedup_window_s is None else int(self.dedup_window_s * 1000)
+        return RetentionPolicy(self.max_messages, self.max_bytes, age, window)
 
 
 def default_namespaces() -> dict[str, NamespacePolicy]:

@@ -36,13 +36,18 @@ async def test_conversation_lifecycle_members_history_close_delete(node: Node) -
 
         r = await node.http.post(
             "/v1/conversations",
-            json={"topic": "conv/team/plan", "members": ["ann", "bob"], "policy": {"max_deliver": 3}},
+            json={
+                "topic": "conv/team/plan",
+                "members": ["ann", "bob"],
+                "policy": {"max_deliver": 3, "dedup_window_s": 60},
+            },
         )
         assert r.status_code == 201, r.text
         created = r.json()
         assert created["id"] == "team/plan" and created["state"] == "open"
         assert created["members"] == ["ann", "bob"] and created["policy"]["max_deliver"] == 3
         assert node.gateway.catalog.policy("conv/team/plan").max_deliver == 3
+        assert node.gateway.catalog.retention("conv/team/plan").dedup_window_ms == 60_000
 
         again = await node.http.post("/v1/conversations", json={"topic": "conv/team/plan"})
         assert again.status_code == 409 and again.json()["code"] == "conflict"

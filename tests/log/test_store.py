@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tidings.errors import InvalidTopic, StorageError
-from tidings.log import AppendResult, Store, StoredRecord
+from tidings.log import AppendResult, RetentionPolicy, Store, StoredRecord
 from tidings.protocol.topics import shard_of
 
 TOPIC = "conv/team-7/task-42"
@@ -91,6 +91,28 @@ async def test_duplicate_ids_store_nothing(tmp_path: Path) -> None:
     store = await Store.open(tmp_path, trim_interval=None)
     assert await store.append(TOPIC, "same", 4, b"four") == AppendResult(first.offset, True)
     assert [r.payload for r in store.read(TOPIC, 0)] == [b"one"]
+    await store.close()
+
+
+async def test_a_dedup_window_forgets_old_ids(tmp_path: Path) -> None:
+    """An id is remembered for the topic's dedup window, measured on record times."""
+
+    def policy(topic: str) -> RetentionPolicy:
+        return RetentionPolicy(dedup_window_ms=1000) if topic == TOPIC else RetentionPolicy()
+
+    store = await Store.open(tmp_path, retention=policy, trim_interval=None)
+    first = await store.append(TOPIC, "job-1", 10_000, b"one")
+    assert await store.append(TOPIC, "job-1", 11_000, b"again") == AppendResult(first.offset, True)
+    later = await store.append(TOPIC, "job-1", 11_001, b"later")  # past the window: stored anew
+    assert not later.duplicate and later.offset > first.offset
+    assert await store.append(TOPIC, "job-1", 11_500, b"x") == AppendResult(later.offset, True)
+    other = "conv/team-7/no-window"
+    kept = await store.append(other, "job-1", 0, b"a")
+    assert (await store.append(other, "job-1", 10**9, b"b")).duplicate and kept.offset
+    await store.close()
+    store = await Store.open(tmp_path, retention=policy, trim_interval=None)  # the same after a restart
+    assert await store.append(TOPIC, "job-1", 12_000, b"y") == AppendResult(later.offset, True)
+    assert [r.payload for r in store.read(TOPIC, 0)] == [b"one", b"later"]
     await store.close()
 
 

@@ -99,6 +99,7 @@ def conversation_create(
     ] = None,
     max_messages: Annotated[int | None, typer.Option(help="Retention: messages kept.")] = None,
     max_age_s: Annotated[float | None, typer.Option(help="Retention: seconds kept.")] = None,
+    dedup_window_s: Annotated[float | None, typer.Option(help="Seconds an id is remembered.")] = None,
     ack_wait_ms: Annotated[int | None, typer.Option(help="Redelivery after this many ms unacked.")] = None,
     max_deliver: Annotated[int | None, typer.Option(help="Deliveries before dlq/.")] = None,
     url: URLOpt = DEFAULT_URL,
@@ -109,7 +110,11 @@ def conversation_create(
     policy = {
         k: v
         for k, v in dict(
-            max_messages=max_messages, max_age_s=max_age_s, ack_wait_ms=ack_wait_ms, max_deliver=max_deliver
+            max_messages=max_messages,
+            max_age_s=max_age_s,
+            dedup_window_s=dedup_window_s,
+            ack_wait_ms=ack_wait_ms,
+            max_deliver=max_deliver,
         ).items()
         if v is not None
     }

@@ -56,6 +56,7 @@ class PolicyIn(Strict):
     max_messages: Count | None = None
     max_bytes: Count | None = None
     max_age_s: Seconds | None = None
+    dedup_window_s: Seconds | None = None
     ack_wait_ms: Millis | None = None
     max_deliver: Deliveries | None = None
 

@@ -51,6 +51,10 @@ class TopicIndex:
         self.bytes += size
         self.head = offset
 
+    def ts_of(self, offset: int) -> int:
+        """The (non-decreasing) time of the retained record at ``offset``."""
+        return self.ts[bisect_left(self.offsets, offset)]
+
     def after(self, offset: int) -> int:
         """Index of the first record with an offset above ``offset``."""
         return bisect_right(self.offsets, offset)

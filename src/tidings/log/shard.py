@@ -73,6 +73,7 @@ class Shard:
         subscribers: list[AppendCallback],
         on_fatal: Callable[[BaseException], None],
         executor: Executor,
+        retention: Callable[[str], RetentionPolicy] | None = None,
     ) -> None:
         self.number = number
         self.directory = directory
@@ -81,6 +82,7 @@ class Shard:
         self._segment_bytes = segment_bytes
         self._subscribers = subscribers
         self._on_fatal = on_fatal
+        self._retention = retention
         self._topics: dict[str, TopicIndex] = {}
         self._segments: list[Segment] = []
         self._bases: list[int] = []
@@ -163,6 +165,11 @@ class Shard:
 
     # -- appending -------------------------------------------------------------
 
+    def _remembered(self, topic: str, index: TopicIndex, original: int, ts: int) -> bool:
+        """Whether ``original`` still counts for dedup at time ``ts`` (its topic's dedup window)."""
+        window = self._retention(topic).dedup_window_ms if self._retention is not None else None
+        return window is None or ts - index.ts_of(original) <= window
+
     async def append(self, topic: str, msg_id: str, ts: int, payload: bytes) -> AppendResult:
         """Store a record; return once it is durable. See ``Store.append``."""
         return await self.submit(topic, msg_id, ts, payload)
@@ -179,7 +186,7 @@ class Shard:
         index = self._topics.get(topic)
         if index is not None:
             original = index.dedup.get(msg_id)
-            if original is not None:
+            if original is not None and self._remembered(topic, index, original, ts):
                 future.set_result(AppendResult(original, True))
                 return future
         key = (topic, msg_id)

@@ -84,6 +84,7 @@ class Store:
                 subscribers=self._subscribers,
                 on_fatal=self._fatal,
                 executor=self._executor,
+                retention=retention,
             )
             for n in range(shards)
         ]

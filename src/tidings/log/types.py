@@ -31,6 +31,8 @@ class RetentionPolicy(msgspec.Struct, frozen=True):
     max_messages: int | None = None
     max_bytes: int | None = None
     max_age_ms: int | None = None
+    #: how long an id is remembered for dedup (None: as long as its record is retained)
+    dedup_window_ms: int | None = None
 
 
 UNLIMITED = RetentionPolicy()
