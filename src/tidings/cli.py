@@ -88,7 +88,9 @@ async def _serve(settings: Settings, control: bool = True) -> None:
     except TidingsError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
-    plane = ControlPlane(settings, authority, gateway.engine, gateway.catalog) if control else None
+    plane = None
+    if control:
+        plane = ControlPlane(settings, authority, gateway.engine, gateway.catalog, gateway.stats)
     if plane is not None:
         try:
             await plane.start()

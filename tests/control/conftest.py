@@ -30,7 +30,7 @@ class Node:
 
 async def start_node(authority: Authority, **settings: Any) -> Node:
     gateway = await start_gateway(authority, **settings)
-    plane = ControlPlane(gateway.settings, authority, gateway.engine, gateway.catalog)
+    plane = ControlPlane(gateway.settings, authority, gateway.engine, gateway.catalog, gateway.stats)
     await plane.start()
     admin = authority.mint("operator", admin=True)
     http = httpx.AsyncClient(base_url=plane.url, headers={"Authorization": f"Bearer {admin}"}, timeout=10)

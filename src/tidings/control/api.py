@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import tidings
@@ -27,16 +31,19 @@ from tidings.catalog import SYSTEM_SENDER, Catalog, Conversation, ConversationPo
 from tidings.control import models as m
 from tidings.engine.base import Engine, consumer_key
 from tidings.errors import Conflict, Forbidden, InvalidFrame, NotFound, TidingsError, Unauthorized
+from tidings.metrics import STAGES, GatewayStats, StatsCollector
 from tidings.presence import AgentPresence
 from tidings.protocol.frames import Msg
 from tidings.protocol.topics import validate_pattern
 
+#: the dashboard: plain HTML and JavaScript, no build step
+UI_DIR = Path(__file__).parent / "ui"
 #: the consumer name and pattern the SDK acknowledges commands with (sdk/commands.py)
 COMMAND_CONSUMER = "commands"
 PAGE_LIMIT = 1000
 
-Segment = Annotated[str, Path(pattern=m.SEGMENT)]
-AgentId = Annotated[str, Path(pattern=m.AGENT_ID)]
+Segment = Annotated[str, PathParam(pattern=m.SEGMENT)]
+AgentId = Annotated[str, PathParam(pattern=m.AGENT_ID)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": m.Problem, "description": "the body is not JSON"},
@@ -60,8 +67,27 @@ STATUS_OF: dict[type[TidingsError], int] = {
 }
 
 
-def create_app(engine: Engine, catalog: Catalog, authority: Authority) -> FastAPI:
-    """The control plane over ``engine`` (started) and ``catalog`` (opened on it)."""
+def create_app(
+    engine: Engine, catalog: Catalog, authority: Authority, stats: GatewayStats | None = None
+) -> FastAPI:
+    """The control plane over ``engine`` (started) and ``catalog`` (opened on it).
+
+    ``stats`` are the figures of the gateway beside it (``tidings serve``); alone
+    (``tidings control``) it reports storage and presence only.
+    """
+    stats = stats or GatewayStats()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        StatsCollector(
+            stats,
+            engine.storage_figures,
+            lambda: {
+                "connections": stats.connections,
+                "subscriptions": stats.subscriptions,
+                "agents_online": len(engine.presence.agents(online=True)),
+            },
+        )
+    )
     app = FastAPI(
         title="tidings control plane",
         version=tidings.__version__,
@@ -107,6 +133,59 @@ def create_app(engine: Engine, catalog: Catalog, authority: Authority) -> FastAP
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return Response("ok\n", media_type="text/plain")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus text format. Unauthenticated, like most exporters: bind the
+        control port to a private interface (the default is 127.0.0.1)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/ui", include_in_schema=False)
+    async def ui_root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    app.mount("/ui/", StaticFiles(directory=UI_DIR, html=True, check_dir=False), name="ui")
+
+    @app.get(
+        "/v1/stats", response_model=m.StatsOut, responses=ERRORS, summary="Live figures (the dashboard's)"
+    )
+    async def live_stats(_: Admin) -> m.StatsOut:
+        storage = engine.storage_figures()
+        return m.StatsOut(
+            time_ms=_now_ms(),
+            connections=stats.connections,
+            subscriptions=stats.subscriptions,
+            agents_online=len(engine.presence.agents(online=True)),
+            conversations=sum(c.state == "open" for c in catalog.conversations.values()),
+            totals={
+                "published": stats.published,
+                "delivered": sum(stats.deliveries.values()),
+                "acks": sum(stats.acks.values()),
+                "publish_acks": sum(stats.publish_acks.values()),
+                "duplicates": sum(stats.duplicates.values()),
+                "redeliveries": sum(stats.redeliveries.values()),
+                "dead_letters": sum(stats.dead_letters.values()),
+                "dropped": stats.dropped,
+                "rejected": stats.rejected,
+            },
+            rejected=dict(stats.rejects),
+            latency_ms={
+                stage: m.LatencyOut(
+                    p50=(h := stats.stage(stage)).quantile(0.5) * 1000,
+                    p99=h.quantile(0.99) * 1000,
+                    count=h.total,
+                )
+                for stage in STAGES
+            },
+            storage=None
+            if storage is None
+            else m.StorageOut(
+                fsync_p50_ms=storage.sync_seconds.quantile(0.5) * 1000,
+                fsync_p99_ms=storage.sync_seconds.quantile(0.99) * 1000,
+                commit_batch_mean=storage.records / storage.syncs if storage.syncs else 0.0,
+                queue_depth=storage.queue_depth,
+            ),
+        )
 
     # -- conversations --------------------------------------------------------
 
@@ -230,6 +309,39 @@ def create_app(engine: Engine, catalog: Catalog, authority: Authority) -> FastAP
         return [m.AgentOut(**msgspec.to_builtins(p)) for p in (*online, *offline)]
 
     @app.get(
+        "/v1/conversations/{group}/{name}/graph",
+        response_model=m.GraphOut,
+        responses={**ERRORS, **NOT_FOUND},
+        summary="The causal graph of a conversation's latest messages: parent links as edges",
+    )
+    async def conversation_graph(
+        group: Segment, name: Segment, _: Admin, limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT)] = 300
+    ) -> m.GraphOut:
+        topic = find(group, name).topic
+        msgs = _tail(engine, topic, limit)
+        dead = {
+            letter.headers.get("tidings-dlq-offset", "")
+            for letter in _tail(engine, f"dlq/{topic}", PAGE_LIMIT)
+        }
+        ids = {msg.id for msg in msgs}
+        nodes = [
+            m.GraphNode(
+                id=msg.id,
+                offset=msg.offset or 0,
+                sender=msg.sender,
+                ts=msg.ts,
+                lamport=msg.lamport,
+                parent=msg.parent,
+                redeliveries=stats.redelivered_ids.get((topic, msg.id), 0),
+                dead_letter=str(msg.offset) in dead,
+                preview=_preview(msg.body),
+            )
+            for msg in msgs
+        ]
+        edges = [m.GraphEdge(source=msg.parent, target=msg.id) for msg in msgs if msg.parent in ids]
+        return m.GraphOut(topic=topic, head=engine.head(topic), nodes=nodes, edges=edges)
+
+    @app.get(
         "/v1/conversations/{group}/{name}/messages",
         response_model=m.MessagePage,
         responses={**ERRORS, **NOT_FOUND},
@@ -327,7 +439,7 @@ def create_app(engine: Engine, catalog: Catalog, authority: Authority) -> FastAP
         summary="A command sent earlier, and whether the agent has acknowledged it",
     )
     async def get_command(
-        agent: AgentId, offset: Annotated[int, Path(ge=1, le=2**53)], _: Admin
+        agent: AgentId, offset: Annotated[int, PathParam(ge=1, le=2**53)], _: Admin
     ) -> m.CommandOut:
         topic = commands_topic(_agent_id(agent))
         found = engine.read(topic, offset - 1, 1)
@@ -368,7 +480,7 @@ def create_app(engine: Engine, catalog: Catalog, authority: Authority) -> FastAP
         summary="Revoke a token: its connections close within a second; it is refused from now on",
     )
     async def revoke_token(
-        jti: Annotated[str, Path(pattern="^[A-Za-z0-9_-]{1,128}$")], _: Admin
+        jti: Annotated[str, PathParam(pattern="^[A-Za-z0-9_-]{1,128}$")], _: Admin
     ) -> m.Revoked:
         if not catalog.is_revoked(jti):
             await catalog.revoke(jti, 0)
@@ -437,6 +549,22 @@ def _message_out(msg: Msg) -> m.MessageOut:
         lamport=msg.lamport,
         headers=msg.headers,
     )
+
+
+def _tail(engine: Engine, topic: str, limit: int) -> list[Msg]:
+    """The latest ``limit`` retained messages of ``topic``, oldest first."""
+    out: list[Msg] = []
+    after = engine.trimmed_through(topic)
+    while batch := engine.read(topic, after, PAGE_LIMIT):
+        out.extend(batch)
+        del out[:-limit]
+        after = batch[-1].offset or after
+    return out
+
+
+def _preview(body: Any, size: int = 80) -> str:
+    text = body if isinstance(body, str) else msgspec.json.encode(body).decode(errors="replace")
+    return text if len(text) <= size else text[: size - 1] + "…"
 
 
 def _now_ms() -> int:

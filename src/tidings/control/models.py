@@ -158,3 +158,56 @@ class TokenOut(BaseModel):
 class Revoked(BaseModel):
     jti: str
     revoked: bool = True
+
+
+class LatencyOut(BaseModel):
+    p50: float
+    p99: float
+    count: int
+
+
+class StorageOut(BaseModel):
+    fsync_p50_ms: float
+    fsync_p99_ms: float
+    commit_batch_mean: float
+    queue_depth: int
+
+
+class StatsOut(BaseModel):
+    """Live figures for the dashboard; rates come from differencing ``totals`` over time."""
+
+    time_ms: int
+    connections: int
+    subscriptions: int
+    agents_online: int
+    conversations: int
+    totals: dict[str, int]
+    rejected: dict[str, int] = Field(description="requests refused, by error code")
+    latency_ms: dict[str, LatencyOut] = Field(description="publish_deliver, deliver_handled, handled_ack")
+    storage: StorageOut | None
+
+
+class GraphNode(BaseModel):
+    id: str
+    offset: int
+    sender: str
+    ts: int
+    lamport: int
+    parent: str | None
+    redeliveries: int = Field(description="deliveries after the first that this gateway made")
+    dead_letter: bool = Field(description="moved to dlq/ after max_deliver")
+    preview: str
+
+
+class GraphEdge(BaseModel):
+    source: str = Field(description="the parent's id")
+    target: str = Field(description="the child's id")
+
+
+class GraphOut(BaseModel):
+    """A conversation's causal graph: messages as nodes, ``parent`` links as edges."""
+
+    topic: str
+    head: int
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]

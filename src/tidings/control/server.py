@@ -21,15 +21,24 @@ from tidings.catalog import Catalog
 from tidings.config import Settings
 from tidings.control.api import create_app
 from tidings.engine.base import Engine
+from tidings.metrics import GatewayStats
 
 log = logging.getLogger("tidings.control")
 
 
 class ControlPlane:
-    def __init__(self, settings: Settings, authority: Authority, engine: Engine, catalog: Catalog) -> None:
-        """``engine`` must be started and ``catalog`` opened on it before ``start()``."""
+    def __init__(
+        self,
+        settings: Settings,
+        authority: Authority,
+        engine: Engine,
+        catalog: Catalog,
+        stats: GatewayStats | None = None,
+    ) -> None:
+        """``engine`` must be started and ``catalog`` opened on it before ``start()``;
+        ``stats`` are the figures of the gateway beside it, if any."""
         self.settings = settings
-        self.app = create_app(engine, catalog, authority)
+        self.app = create_app(engine, catalog, authority, stats)
         self._server: _Server | None = None
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None

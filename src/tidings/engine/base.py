@@ -15,6 +15,7 @@ from collections.abc import Callable
 import msgspec
 
 from tidings.log.types import AppendResult as PublishResult
+from tidings.metrics import StorageFigures
 from tidings.presence import PresenceTable
 from tidings.protocol.frames import Msg
 
@@ -124,6 +125,10 @@ class Engine(ABC):
     @abstractmethod
     def offset_at_time(self, topic: str, ts_ms: int) -> int:
         """The ``after`` offset from which ``read`` starts at the first message at or after ``ts_ms``."""
+
+    def storage_figures(self) -> StorageFigures | None:
+        """Group-commit figures for /metrics; None where the engine has none to report."""
+        return None
 
     def count(self, topic: str) -> int:
         """How many messages of ``topic`` are retained (engines override the scan)."""

@@ -28,6 +28,7 @@ from tidings.engine.base import (
 from tidings.errors import InvalidFrame
 from tidings.log import FileSystem, RetentionPolicy, Store, StoredRecord
 from tidings.log.cursors import CursorStore
+from tidings.metrics import StorageFigures
 from tidings.protocol.frames import Headers, Msg
 
 log = logging.getLogger("tidings.engine")
@@ -95,6 +96,7 @@ class EmbeddedEngine(Engine):
         self._cursors = CursorStore(data_dir / "log")
         self._commit_callbacks: list[tuple[CommitCallback, Callable[[str], bool] | None]] = []
         self._ephemeral_callbacks: list[EphemeralCallback] = []
+        self._figures = StorageFigures()
 
     @property
     def store(self) -> Store:
@@ -116,6 +118,20 @@ class EmbeddedEngine(Engine):
             files=self._files,
         )
         self._store.subscribe_appends(self._announce)
+        for shard in self._store.shards:
+            shard.stats.observer = self._observe_sync
+
+    def _observe_sync(self, seconds: float, records: int) -> None:
+        self._figures.syncs += 1
+        self._figures.records += records
+        self._figures.sync_seconds.observe(seconds)
+        self._figures.batch_records.observe(records)
+
+    def storage_figures(self) -> StorageFigures:
+        figures = self._figures
+        if self._store is not None:
+            figures.queue_depth = sum(shard.queue_depth for shard in self._store.shards)
+        return figures
 
     async def stop(self) -> None:
         if self._store is not None:

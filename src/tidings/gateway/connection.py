@@ -30,6 +30,7 @@ from tidings.errors import (
     TidingsError,
     Unauthorized,
 )
+from tidings.metrics import namespace_of
 from tidings.protocol import frames as f
 from tidings.protocol.session import CloseCode, ServerSession, State, error_frame
 from tidings.protocol.topics import is_durable, is_wildcard, validate_pattern, validate_topic
@@ -228,10 +229,10 @@ class Connection(WSListener):
             try:
                 self._dispatch(frame)
             except TidingsError as exc:
+                self.gateway.stats.reject(exc.code)
                 if isinstance(frame, f.Hello):
                     self.session.reject(exc, rid)
                 else:
-                    self.gateway.stats.rejected += 1
                     self.session.send(error_frame(exc, rid))
             except Exception:
                 # A bug of ours must not cost the client its connection silently:
@@ -249,7 +250,7 @@ class Connection(WSListener):
         elif isinstance(frame, f.Unsub):
             self._on_unsub(frame)
         elif isinstance(frame, f.Ack):
-            self._member(frame.sid).ack(self.subs[frame.sid], frame.topic, frame.offset)
+            self._member(frame.sid).ack(self.subs[frame.sid], frame)
         elif isinstance(frame, f.Progress):
             self._member(frame.sid).progress(self.subs[frame.sid], frame.topic, frame.offset)
         elif isinstance(frame, f.Nack):
@@ -332,6 +333,7 @@ class Connection(WSListener):
             self.gateway.router.add(subscription)
         self._next_sid += 1  # only now: a refused sub uses no sid
         self.subs[sid] = subscription
+        self.gateway.stats.subscriptions += 1
         if pattern.startswith("conv/") and not is_wildcard(pattern):
             self.gateway.presence.joined(self, pattern)
         # subbed goes out before the first delivery: both are queued in this turn, in
@@ -358,6 +360,10 @@ class Connection(WSListener):
         assert self.grants is not None
         topic = pub.topic
         self._check_publish(topic)
+        stats, namespace = self.gateway.stats, namespace_of(topic)
+        stats.published += 1
+        stats.messages_in[namespace] += 1
+        stats.bytes_in[namespace] += _body_size(pub.body)
         msg_id = pub.id or self.gateway.next_id()
         msg = f.Msg(
             topic=topic,
@@ -371,7 +377,7 @@ class Connection(WSListener):
         )
         if is_durable(topic):
             stored = self.gateway.engine.submit(msg)
-            stored.add_done_callback(lambda task: self._published(task, msg_id, pub.rid))
+            stored.add_done_callback(lambda task: self._published(task, topic, msg_id, pub.rid))
             return
         self.gateway.engine.publish_ephemeral(msg)
         if pub.rid is not None:
@@ -390,7 +396,9 @@ class Connection(WSListener):
         if len(self._may_publish) < 4096:
             self._may_publish.add(topic)
 
-    def _published(self, task: asyncio.Future[PublishResult], msg_id: str, rid: int | None) -> None:
+    def _published(
+        self, task: asyncio.Future[PublishResult], topic: str, msg_id: str, rid: int | None
+    ) -> None:
         """A durable publish finished: answer with ``puback`` (only now: it is on disk) or the error."""
         if self.session.state is not State.OPEN:
             return
@@ -399,11 +407,18 @@ class Connection(WSListener):
             error = exc if isinstance(exc, TidingsError) else StorageError(f"publish failed: {exc!r}")
             if not isinstance(exc, TidingsError):
                 log.error("durable publish of %s failed: %r", msg_id, exc)
-            self.gateway.stats.rejected += 1
+            self.gateway.stats.reject(error.code)
             self.session.send(error_frame(error, rid))
-        elif rid is not None:
+        else:
             result = task.result()
-            self.session.send(f.Puback(id=msg_id, rid=rid, offset=result.offset, duplicate=result.duplicate))
+            stats, namespace = self.gateway.stats, namespace_of(topic)
+            stats.publish_acks[namespace] += 1
+            if result.duplicate:
+                stats.duplicates[namespace] += 1
+            if rid is not None:
+                self.session.send(
+                    f.Puback(id=msg_id, rid=rid, offset=result.offset, duplicate=result.duplicate)
+                )
         self.gateway.mark_dirty(self)
 
     # -- timers and closing ---------------------------------------------------
@@ -434,6 +449,19 @@ class Connection(WSListener):
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         self.session.close(code, reason)
         self.gateway.mark_dirty(self)
+
+
+_size_encoder = msgspec.msgpack.Encoder()
+
+
+def _body_size(body: object) -> int:
+    """A message body's size as counted in ``bytes_in``: its msgpack encoding."""
+    if isinstance(body, str | bytes):
+        return len(body)
+    try:
+        return len(_size_encoder.encode(body))
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 MAX_CAPABILITIES = 64

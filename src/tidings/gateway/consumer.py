@@ -32,6 +32,7 @@ import msgspec
 
 from tidings.config import NamespacePolicy
 from tidings.engine.base import CursorState, TopicCursor
+from tidings.metrics import namespace_of
 from tidings.protocol import frames as f
 from tidings.protocol.topics import is_durable, matches
 
@@ -53,7 +54,7 @@ class Phase(Enum):
 
 
 class Pending:
-    __slots__ = ("attempt", "due", "member", "msg", "phase")
+    __slots__ = ("attempt", "due", "member", "msg", "phase", "sent")
 
     def __init__(self, msg: f.Msg) -> None:
         self.msg = msg
@@ -61,6 +62,7 @@ class Pending:
         self.member: Subscription | None = None
         self.due = 0.0
         self.phase = Phase.READY
+        self.sent = 0.0  # monotonic time of the latest delivery
 
 
 class TopicState:
@@ -98,6 +100,8 @@ class Consumer:
         self.pattern = pattern
         self.policy = policy
         self.acks = acks
+        #: the consumer label of latency figures (bounded in metrics.GatewayStats)
+        self.label = self.name or "reader"
         #: the control lane: delivered ahead of data and even to a connection
         #: whose outgoing buffer is full of data (DESIGN "Guarantees" 6)
         self.priority = pattern.startswith("ctl/")
@@ -239,6 +243,14 @@ class Consumer:
 
     def _deliver(self, p: Pending, member: Subscription) -> None:
         p.attempt += 1
+        msg, stats = p.msg, self.registry.stats
+        namespace = namespace_of(msg.topic)
+        stats.deliveries[namespace] += 1
+        if p.attempt > 1:
+            stats.redelivered(msg.topic, msg.id)
+        elif self.acks:
+            stats.observe("publish_deliver", namespace, self.label, time.time() - msg.ts / 1000)
+        p.sent = time.monotonic()
         try:
             member.deliver(msgspec.structs.replace(p.msg, attempt=p.attempt))
         except (TypeError, ValueError, OverflowError) as exc:
@@ -272,9 +284,18 @@ class Consumer:
         p.member = None
         return p
 
-    def ack(self, member: Subscription, topic: str, offset: int) -> None:
-        if self._settle(member, topic, offset) is not None:
-            self._done(topic, offset)
+    def ack(self, member: Subscription, ack: f.Ack) -> None:
+        p = self._settle(member, ack.topic, ack.offset)
+        if p is not None:
+            stats = self.registry.stats
+            namespace = namespace_of(ack.topic)
+            stats.acks[namespace] += 1
+            if ack.queued_us is not None and ack.handled_us is not None:
+                # deliver->handled on the agent's clock; the rest of the round trip on ours
+                handled = (ack.queued_us + ack.handled_us) / 1e6
+                stats.observe("deliver_handled", namespace, self.label, handled)
+                stats.observe("handled_ack", namespace, self.label, time.monotonic() - p.sent - handled)
+            self._done(ack.topic, ack.offset)
         self.schedule()
 
     def progress(self, member: Subscription, topic: str, offset: int) -> None:

@@ -16,6 +16,7 @@ from tidings.engine.base import Engine, consumer_key
 from tidings.errors import NotSupported
 from tidings.gateway.consumer import Consumer, Pending, Phase
 from tidings.gateway.router import Router
+from tidings.metrics import GatewayStats, namespace_of
 from tidings.protocol import frames as f
 from tidings.protocol.topics import DURABLE_NAMESPACES, validate_topic
 
@@ -35,10 +36,12 @@ class Consumers:
         engine: Engine,
         settings: Settings,
         policy: Callable[[str], NamespacePolicy] | None = None,
+        stats: GatewayStats | None = None,
     ) -> None:
         """``policy(topic)`` gives a topic's delivery policy (default: its namespace's)."""
         self.engine = engine
         self.settings = settings
+        self.stats = stats or GatewayStats()
         self.policy = policy or settings.policy
         self.router: Router[Consumer] = Router()
         self.by_key: dict[str, Consumer] = {}
@@ -177,6 +180,7 @@ class Consumers:
                 consumer._arm(p, time.monotonic() + 1.0)
                 return
             self.dead_letters += 1
+            self.stats.dead_letters[namespace_of(msg.topic)] += 1
             consumer.dead_lettered(p)
 
         asyncio.ensure_future(self.engine.publish(letter)).add_done_callback(done)

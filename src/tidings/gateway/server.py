@@ -36,7 +36,7 @@ from tidings.errors import InvalidFrame
 from tidings.gateway.connection import Connection, Subscription
 from tidings.gateway.consumers import Consumers
 from tidings.gateway.router import Router
-from tidings.metrics import GatewayStats
+from tidings.metrics import GatewayStats, namespace_of
 from tidings.presence import PresenceEvent
 from tidings.protocol import frames as f
 from tidings.protocol.codec import JSON, SUBPROTOCOLS, negotiate
@@ -71,9 +71,9 @@ class Gateway:
         self.presence = self.engine.presence
         #: the gateway pings a connection idle this long, and waits as long for the pong
         self.heartbeat_s = settings.presence_timeout / 2
-        self.consumers = Consumers(self.engine, settings, self.catalog.policy)
-        self.router: Router[Subscription] = Router()
         self.stats = GatewayStats()
+        self.consumers = Consumers(self.engine, settings, self.catalog.policy, self.stats)
+        self.router: Router[Subscription] = Router()
         self.server_name = f"tidings/{tidings.__version__}"
         self.connections: set[Connection] = set()
         self._dirty: list[Connection] = []
@@ -198,6 +198,7 @@ class Gateway:
             self._drained.set()
 
     def drop_subscription(self, sub: Subscription) -> None:
+        self.stats.subscriptions -= 1
         if sub.pattern.startswith("conv/"):
             self.presence.left(sub.conn, sub.pattern)
         if sub.consumer is None:
@@ -234,7 +235,6 @@ class Gateway:
         before anything is delivered, when the body cannot be carried by a
         subscriber's codec (e.g. an integer beyond 64 bits for msgpack).
         """
-        self.stats.published += 1
         if not len(self.router):
             return 0
         subs = self.router.match(msg.topic)
@@ -259,12 +259,18 @@ class Gateway:
             if conn.write_paused:  # not keeping up: drop, count, tell it when it catches up
                 conn.dropped[sub.sid] = conn.dropped.get(sub.sid, 0) + 1
                 self.stats.dropped += 1
+                self.stats.drops[namespace_of(msg.topic)] += 1
                 continue
             conn.session.send_encoded(opened[conn.binary] + sub.suffix)
             delivered += 1
             if not conn.dirty:
                 self.mark_dirty(conn)
-        self.stats.delivered += delivered
+        stats = self.stats
+        stats.delivered += delivered
+        if delivered:
+            namespace = namespace_of(msg.topic)
+            stats.deliveries[namespace] += delivered
+            stats.observe("publish_deliver", namespace, "live", time.time() - msg.ts / 1000)
         return delivered
 
     def fan_chunk(self, chunk: f.StreamChunk) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from bisect import bisect_right
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -36,14 +37,18 @@ AppendCallback = Callable[[StoredRecord], None]
 
 
 class ShardStats:
-    """Counters of the writer; ``syncs`` counts fdatasync calls of batches."""
+    """Counters of the writer; ``syncs`` counts fdatasync calls of batches.
 
-    __slots__ = ("max_batch", "records", "syncs")
+    ``observer``, if set, is called with (write+sync seconds, records) after each batch.
+    """
+
+    __slots__ = ("max_batch", "observer", "records", "syncs")
 
     def __init__(self) -> None:
         self.syncs = 0
         self.records = 0
         self.max_batch = 0
+        self.observer: Callable[[float, int], None] | None = None
 
     @property
     def mean_batch(self) -> float:
@@ -231,6 +236,7 @@ class Shard:
             data = encode_batch([p.record for p in batch])
             active = self._segments[-1]
             roll = active.size > 0 and active.size + len(data) > self._segment_bytes
+            started = time.perf_counter()
             try:
                 segment, position = await loop.run_in_executor(
                     self._executor, self._write_batch, data, active, batch[0].offset if roll else 0
@@ -238,6 +244,8 @@ class Shard:
             except Exception as exc:  # any failure leaves the batch's durability unknown
                 self._fail(exc, batch)
                 return
+            if self.stats.observer is not None:
+                self.stats.observer(time.perf_counter() - started, len(batch))
             if segment is not active:
                 self._segments.append(segment)
                 self._bases.append(segment.base)
@@ -354,6 +362,11 @@ class Shard:
     def head(self, topic: str) -> int:
         index = self._topics.get(topic)
         return index.head if index is not None else 0
+
+    @property
+    def queue_depth(self) -> int:
+        """Appends waiting for the next write."""
+        return len(self._pending)
 
     def count(self, topic: str) -> int:
         index = self._topics.get(topic)

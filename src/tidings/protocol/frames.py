@@ -72,11 +72,18 @@ class Pub(msgspec.Struct, tag="pub", **_FRAME):
 
 
 class Ack(msgspec.Struct, tag="ack", **_FRAME):
-    """Acknowledge a delivered message of a durable subscription."""
+    """Acknowledge a delivered message of a durable subscription.
+
+    ``queued_us`` (arrival to handler start) and ``handled_us`` (handler start
+    to finish), measured on the agent's monotonic clock, let the server chart
+    deliver->handled latency without trusting the agent's wall clock.
+    """
 
     sid: int
     topic: str
     offset: int
+    queued_us: int | None = None
+    handled_us: int | None = None
 
 
 class Nack(msgspec.Struct, tag="nack", **_FRAME):

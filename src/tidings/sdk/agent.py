@@ -366,11 +366,29 @@ class Agent:
         if out is not None and self.is_open:
             self._send_pub(out)
 
-    def _settle(self, sub: Subscription, msg: f.Msg, kind: type, delay_ms: int = 0) -> None:
+    def _settle(
+        self,
+        sub: Subscription,
+        msg: f.Msg,
+        kind: type,
+        delay_ms: int = 0,
+        timing: tuple[int, int] | None = None,
+    ) -> None:
         if sub.sid is None or msg.offset is None:
             return  # disconnected: the server will redeliver, and dedup will skip it
         if kind is f.Nack:
             self._send(f.Nack(sid=sub.sid, topic=msg.topic, offset=msg.offset, delay_ms=delay_ms))
+        elif kind is f.Ack and timing is not None:
+            queued_us, handled_us = timing
+            self._send(
+                f.Ack(
+                    sid=sub.sid,
+                    topic=msg.topic,
+                    offset=msg.offset,
+                    queued_us=queued_us,
+                    handled_us=handled_us,
+                )
+            )
         else:
             self._send(kind(sid=sub.sid, topic=msg.topic, offset=msg.offset))
 

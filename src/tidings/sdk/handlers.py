@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,8 +70,10 @@ class Work:
 async def handle_one(spec: HandlerSpec, msg: Message, work: Work | None = None) -> None:
     """Run the handler for one message: ack on success, nack on an exception."""
     token = current_message.set(msg.raw)
+    msg._started = time.monotonic_ns()
     try:
         await spec.fn(msg)
+        msg._finished = time.monotonic_ns()
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if work is None or task is None or not work.called_off(task):

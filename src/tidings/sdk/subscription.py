@@ -42,12 +42,17 @@ class GapInfo:
 class Message:
     """A delivered message. For a durable subscription: ``ack()`` or ``nack()`` it."""
 
-    __slots__ = ("_settled", "_sub", "raw")
+    __slots__ = ("_finished", "_received", "_settled", "_started", "_sub", "raw")
 
-    def __init__(self, raw: f.Msg, sub: Subscription) -> None:
+    def __init__(self, raw: f.Msg, sub: Subscription, received_ns: int = 0) -> None:
         self.raw = raw
         self._sub = sub
         self._settled = False
+        #: monotonic ns: when it arrived, and when a handler started and finished it
+        #: (reported in the ack, so the server can chart deliver->handled latency)
+        self._received = received_ns or time.monotonic_ns()
+        self._started = 0
+        self._finished = 0
 
     topic = property(lambda self: self.raw.topic)
     id = property(lambda self: self.raw.id)
@@ -152,6 +157,8 @@ class Subscription:
         # Live subscriptions drop the oldest when full (at-most-once). Durable
         # ones are bounded by the server's max_inflight instead.
         self._queue: deque[f.Msg] = deque(maxlen=queue_size if self.live else None)
+        #: (topic, offset) -> monotonic ns of arrival, for durable deliveries still queued
+        self._arrived: dict[tuple[str, int], int] = {}
         self._ready = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._error: BaseException | None = None
@@ -211,6 +218,7 @@ class Subscription:
         if self.durable:
             # Unacked deliveries come again on the next connection, to the new sid.
             self._queue.clear()
+            self._arrived.clear()
             self._held.clear()
 
     def _chunk(self, chunk: f.StreamChunk) -> None:
@@ -280,6 +288,8 @@ class Subscription:
             self.resume_from_ms = max(self.resume_from_ms or 0, msg.ts)
         if self._queue.maxlen is not None and len(self._queue) == self._queue.maxlen:
             self.dropped += 1
+        if self.durable and msg.offset is not None:
+            self._arrived[(msg.topic, msg.offset)] = time.monotonic_ns()
         self._queue.append(msg)
         self._ready.set()
 
@@ -300,7 +310,11 @@ class Subscription:
     def _ack(self, msg: Message) -> None:
         if self.durable:
             self.handled.add(self._key(msg))
-            self.agent._settle(self, msg.raw, f.Ack)
+            now = time.monotonic_ns()
+            started = msg._started or msg._received
+            queued_us = (started - msg._received) // 1000
+            handled_us = ((msg._finished or now) - started) // 1000
+            self.agent._settle(self, msg.raw, f.Ack, timing=(queued_us, handled_us))
 
     def _nack(self, msg: Message, delay_ms: int) -> None:
         if self.durable:
@@ -330,7 +344,8 @@ class Subscription:
         while True:
             while self._queue:
                 raw = self._queue.popleft()
-                msg = Message(raw, self)
+                arrived = self._arrived.pop((raw.topic, raw.offset), 0) if raw.offset is not None else 0
+                msg = Message(raw, self, arrived)
                 if self.durable and self._key(msg) in self.handled:
                     # Handled before, its ack lost (a crash or a reconnect): ack again, skip.
                     msg._settled = True
