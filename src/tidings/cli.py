@@ -56,10 +56,15 @@ def serve(
     allow_anonymous: Annotated[
         bool | None, typer.Option("--allow-anonymous", help="Accept hellos without a token.")
     ] = None,
+    engine: Annotated[str | None, typer.Option(help="embedded or nats [embedded].")] = None,
+    nats_url: Annotated[str | None, typer.Option(help="NATS servers, comma-separated (engine nats).")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the gateway until SIGTERM or Ctrl-C, then drain and exit."""
-    settings = _settings(config, host=host, port=port, data_dir=data_dir, allow_anonymous=allow_anonymous)
+    settings = _settings(
+        config, host=host, port=port, data_dir=data_dir, allow_anonymous=allow_anonymous,
+        engine=engine, nats_url=nats_url,
+    )  # fmt: skip
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -70,19 +75,23 @@ async def _serve(settings: Settings) -> None:
     from tidings.gateway import Gateway
 
     authority = Authority.from_data_dir(settings.data_path)
-    gateway = Gateway(settings, authority, on_fatal=_storage_failed)
     try:
+        gateway = Gateway(settings, authority, on_fatal=_storage_failed)
         await gateway.start()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     except TidingsError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
-    dev_token = authority.mint("dev", pub=[">"], subs=[">"], ttl=DEV_TOKEN_TTL)
-    print(f"tidings listening on {gateway.url}", flush=True)
-    print(f"dev token (agent 'dev', all topics, 24 h):\n  export TIDINGS_TOKEN={dev_token}", flush=True)
+    # Handlers first: whoever reads the lines below may send SIGTERM at once.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    dev_token = authority.mint("dev", pub=[">"], subs=[">"], ttl=DEV_TOKEN_TTL)
+    print(f"tidings listening on {gateway.url}", flush=True)
+    print(f"dev token (agent 'dev', all topics, 24 h):\n  export TIDINGS_TOKEN={dev_token}", flush=True)
     await stop.wait()
     print("draining...", flush=True)
     await gateway.stop()
@@ -252,6 +261,11 @@ def bench(
     else:
         for key, value in result.items():
             print(f"{key:>24}  {value}")
+
+
+from tidings.cluster_cli import cluster_app  # noqa: E402 - after the commands it sits beside
+
+app.add_typer(cluster_app, name="cluster")
 
 
 def main() -> None:

@@ -59,9 +59,7 @@ class Gateway:
         serve`` exits with status 70; tests may do what they like."""
         self.settings = settings
         self.authority = authority
-        self.engine: Engine = engine or EmbeddedEngine(
-            settings.data_path, settings.shards, retention=settings.retention, on_fatal=on_fatal
-        )
+        self.engine: Engine = engine or engine_for(settings, on_fatal)
         self.consumers = Consumers(self.engine, settings)
         self.router: Router[Subscription] = Router()
         self.stats = GatewayStats()
@@ -266,6 +264,19 @@ class Gateway:
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.flush()
+
+
+def engine_for(settings: Settings, on_fatal: Callable[[BaseException], None] | None = None) -> Engine:
+    """The engine ``settings.engine`` names. Raises ``ValueError`` for a bad NATS setting."""
+    if settings.engine == "nats":
+        from tidings.engine.nats import NatsEngine  # needs nats-py: pip install 'tidings[nats]'
+
+        urls = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
+        replicas = settings.nats_replicas or None
+        return NatsEngine(urls, settings.shards, replicas, retention=settings.retention)
+    return EmbeddedEngine(
+        settings.data_path, settings.shards, retention=settings.retention, on_fatal=on_fatal
+    )
 
 
 def _offered_subprotocols(values: Sequence[str]) -> list[str]:
