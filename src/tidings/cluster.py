@@ -207,17 +207,7 @@ def up(state_dir: Path, gateways: int = 2, first_port: int = 7700) -> dict[str, 
     try:
         for i in range(gateways):
             port = first_port + i
-            name = f"gw{i + 1}"
-            log = open(state_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-            env = {**os.environ, "TIDINGS_DATA_DIR": str(state_dir / "gateway-data")}
-            argv = [sys.executable, "-m", "tidings", "serve", "--engine", "nats", "--nats-url", nats_url]
-            proc = subprocess.Popen(
-                [*argv, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,
-            )  # fmt: skip
-            log.close()
-            (state_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
-            _wait_port(port, proc, state_dir / f"{name}.log")
+            start_gateway(state_dir, f"gw{i + 1}", port, nats_url, detach=True)
             gateway_urls.append(f"ws://127.0.0.1:{port}/")
     except ClusterError:
         down(state_dir)
@@ -230,6 +220,29 @@ def up(state_dir: Path, gateways: int = 2, first_port: int = 7700) -> dict[str, 
     }
     (state_dir / "cluster.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def start_gateway(
+    state_dir: Path, name: str, port: int, nats_url: str, detach: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start ``tidings serve --engine nats`` on ``port`` and wait until it listens.
+
+    Its log is ``<name>.log`` and its pidfile ``<name>.pid``; every gateway of one
+    state directory shares ``gateway-data/`` (the token secret). Raises ``ClusterError``.
+    """
+    log = open(state_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+    env = {**os.environ, "TIDINGS_DATA_DIR": str(state_dir / "gateway-data")}
+    argv = [sys.executable, "-m", "tidings", "serve", "--engine", "nats", "--nats-url", nats_url]
+    try:
+        proc = subprocess.Popen(
+            [*argv, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=detach,
+        )  # fmt: skip
+    finally:
+        log.close()
+    (state_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
+    _wait_port(port, proc, state_dir / f"{name}.log")
+    return proc
 
 
 def down(state_dir: Path) -> list[str]:
