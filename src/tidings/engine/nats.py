@@ -69,6 +69,7 @@ API = "$JS.API"
 RETRY_FOR_S = 10.0
 REQUEST_TIMEOUT_S = 2.0
 HEARTBEAT_S = 1.0
+NO_MESSAGE_FOUND = 10037  # JetStream: "no message found"
 STREAM_NAME_IN_USE = 10058  # JetStream: "stream name already in use with a different configuration"
 T = TypeVar("T")
 
@@ -329,21 +330,20 @@ class NatsEngine(Engine):
             await sub.unsubscribe()
 
     async def _get(self, topic: str, request: dict[str, Any]) -> int | None:
-        """The sequence of the message a direct get finds, or None."""
+        """The sequence of the message a get finds, or None.
+
+        Asked of the stream leader (``STREAM.MSG.GET``), not of any replica as a
+        direct get may be: a replica that has not yet applied a retention
+        removal would make ``trimmed_through`` miss it and hide the gap.
+        """
+        stream, payload = self._stream(topic), json.dumps(request).encode()
         answer = await _retry(
             f"look up {topic}",
-            lambda: self.nc.request(
-                f"{API}.DIRECT.GET.{self._stream(topic)}",
-                json.dumps(request).encode(),
-                timeout=REQUEST_TIMEOUT_S,
-            ),
+            lambda: self._api(f"STREAM.MSG.GET.{stream}", payload, allow=(NO_MESSAGE_FOUND,)),
         )
-        headers = answer.headers or {}
-        if headers.get("Status") == "404":
+        if "error" in answer:
             return None
-        if "Status" in headers:
-            raise StorageError(f"looking up {topic}: status {headers}")
-        return int(headers["Nats-Sequence"])
+        return int(answer["message"]["seq"])
 
     async def head(self, topic: str) -> int:
         last = await self._get(topic, {"last_by_subj": subject_of(topic, self.shards)})
