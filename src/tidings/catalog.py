@@ -97,17 +97,34 @@ class Catalog:
         self._revoked: dict[str, int] = {}  # jti -> token expiry (ms)
         self._revoke_listeners: list[Callable[[str], None]] = []
         self._engine: Engine | None = None
+        self._held: list[Msg] | None = None
 
     async def open(self, engine: Engine) -> None:
-        """Replay the catalog topic, then follow it. Call after ``engine.start()``."""
+        """Replay the catalog topic, then follow it. Call after ``engine.start()``.
+
+        Commits that arrive while the replay reads are held, then applied if the
+        replay did not already return them, so nothing is missed or applied twice
+        out of order (a remote engine may commit between two reads).
+        """
         self._engine = engine
+        held: list[Msg] = []
+        engine.on_commit(self._follow, lambda topic: topic == CATALOG_TOPIC)
+        self._held = held
         after = 0
-        while batch := engine.read(CATALOG_TOPIC, after, 1000):
+        while batch := await engine.read(CATALOG_TOPIC, after, 1000):
             for msg in batch:
                 self._apply(msg)
             after = batch[-1].offset or after
-        # No await between the last read and this: the engine's seam promise.
-        engine.on_commit(self._apply, lambda topic: topic == CATALOG_TOPIC)
+        self._held = None
+        for msg in held:
+            if (msg.offset or 0) > after:
+                self._apply(msg)
+
+    def _follow(self, msg: Msg) -> None:
+        if self._held is not None:
+            self._held.append(msg)
+        else:
+            self._apply(msg)
 
     # -- reading ------------------------------------------------------------
 

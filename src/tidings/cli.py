@@ -60,6 +60,8 @@ def serve(
         int | None, typer.Option(help="Control plane HTTP port [7701]; 0 picks a free one.")
     ] = None,
     no_control: Annotated[bool, typer.Option("--no-control", help="Run the gateway alone.")] = False,
+    engine: Annotated[str | None, typer.Option(help="embedded or nats [embedded].")] = None,
+    nats_url: Annotated[str | None, typer.Option(help="NATS servers, comma-separated (engine nats).")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the gateway and the control plane until SIGTERM or Ctrl-C, then drain and exit."""
@@ -70,6 +72,8 @@ def serve(
         data_dir=data_dir,
         allow_anonymous=allow_anonymous,
         control_port=control_port,
+        engine=engine,
+        nats_url=nats_url,
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -82,9 +86,12 @@ async def _serve(settings: Settings, control: bool = True) -> None:
     from tidings.gateway import Gateway
 
     authority = Authority.from_data_dir(settings.data_path)
-    gateway = Gateway(settings, authority, on_fatal=_storage_failed)
     try:
+        gateway = Gateway(settings, authority, on_fatal=_storage_failed)
         await gateway.start()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     except TidingsError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
@@ -100,6 +107,7 @@ async def _serve(settings: Settings, control: bool = True) -> None:
                 f"error: control plane cannot listen on port {settings.control_port}: {exc}", file=sys.stderr
             )
             raise SystemExit(1) from None
+    stop = _stop_on_signal()
     dev_token = authority.mint("dev", pub=[">"], subs=[">"], ttl=DEV_TOKEN_TTL)
     print(f"tidings listening on {gateway.url}", flush=True)
     print(f"dev token (agent 'dev', all topics, 24 h):\n  export TIDINGS_TOKEN={dev_token}", flush=True)
@@ -107,7 +115,7 @@ async def _serve(settings: Settings, control: bool = True) -> None:
         admin = authority.mint("operator", ttl=DEV_TOKEN_TTL, admin=True)
         print(f"control plane on {plane.url} (API docs: {plane.url}/docs)", flush=True)
         print(f"admin token (24 h):\n  export TIDINGS_ADMIN_TOKEN={admin}", flush=True)
-    await _until_signalled()
+    await stop.wait()
     print("draining...", flush=True)
     if plane is not None:
         await plane.stop()
@@ -115,12 +123,14 @@ async def _serve(settings: Settings, control: bool = True) -> None:
     print("stopped", flush=True)
 
 
-async def _until_signalled() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT. Install it before printing the lines a
+    supervisor waits for: whoever reads them may send SIGTERM at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 @app.command()
@@ -161,8 +171,9 @@ async def _control(settings: Settings) -> None:
         await engine.stop()
         print(f"error: cannot listen on port {settings.control_port}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    stop = _stop_on_signal()
     print(f"control plane on {plane.url} (API docs: {plane.url}/docs)", flush=True)
-    await _until_signalled()
+    await stop.wait()
     await plane.stop()
     await engine.stop()
 
@@ -331,6 +342,11 @@ def bench(
     else:
         for key, value in result.items():
             print(f"{key:>24}  {value}")
+
+
+from tidings.cluster_cli import cluster_app  # noqa: E402 - after the commands it sits beside
+
+app.add_typer(cluster_app, name="cluster")
 
 
 def main() -> None:

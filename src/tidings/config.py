@@ -95,6 +95,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: send each connection's frames of one event-loop turn as one WebSocket
     #: message. Turn off only to measure what coalescing buys (bench/fanout.py).
     coalesce: bool = True
+    #: where durable topics live: "embedded" (this process's disk) or "nats" (JetStream)
+    engine: str = "embedded"
+    #: the NATS servers of engine "nats", comma-separated
+    nats_url: str = "nats://127.0.0.1:4222"
+    #: JetStream replicas per stream; 0: 3 if the server is in a cluster, else 1
+    nats_replicas: int = 0
     #: per-namespace policies; a TOML ``[namespaces.conv]`` table overrides fields
     namespaces: dict[str, NamespacePolicy] = msgspec.field(default_factory=default_namespaces)
 
@@ -107,6 +113,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for name in ("hello_timeout", "drain_timeout", "write_timeout", "presence_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.engine not in ("embedded", "nats"):
+            raise ValueError(f"engine must be 'embedded' or 'nats', not {self.engine!r}")
+        if not 0 <= self.nats_replicas <= 5:
+            raise ValueError(f"nats_replicas must be 0 (automatic) to 5, not {self.nats_replicas}")
         for name in (
             "max_frame_bytes",
             "max_subscriptions",

@@ -44,7 +44,7 @@ async def test_puback_offsets_increase_and_duplicates_are_not_stored(gw: Gateway
     again = await publish(raw, "conv/t1/chat", 3)
     assert [a["offset"] for a in again] == offsets[:3]
     assert all(a["duplicate"] for a in again)
-    assert gw.engine.head("conv/t1/chat") == offsets[-1]
+    assert await gw.engine.head("conv/t1/chat") == offsets[-1]
 
 
 async def test_dedup_survives_restart(authority: Authority, token: str) -> None:

@@ -102,7 +102,7 @@ async def test_retried_publish_after_a_dropped_connection_stores_one_message(aut
         for attempt in range(30):
             topic = f"conv/retry/t{attempt}"
             task = asyncio.create_task(agent.publish(topic, {"n": attempt}, id=f"m{attempt}"))
-            while gw.engine.head(topic) == 0:  # noqa: ASYNC110 - until the server stored it
+            while await gw.engine.head(topic) == 0:  # noqa: ASYNC110 - until the server stored it
                 await asyncio.sleep(0)
             (out,) = agent.outbox.pending()
             if not out.future.done():
@@ -112,7 +112,7 @@ async def test_retried_publish_after_a_dropped_connection_stores_one_message(aut
             ack = await asyncio.wait_for(task, 5 * UNIT)
             if dropped_between:
                 assert ack.duplicate is True, "the re-sent publish was recognised by its id"
-                assert len(gw.engine.read(topic, 0)) == 1, "stored once"
+                assert len(await gw.engine.read(topic, 0)) == 1, "stored once"
                 assert agent.reconnects >= 1
                 break
         assert dropped_between, "never managed to drop the connection between store and puback"
@@ -146,7 +146,7 @@ async def test_full_buffer_waits_or_raises(authority: Authority, when_full: str)
         assert [a.id for a in acks] == ["b0", "b1"]
         if when_full == "wait":
             assert (await asyncio.wait_for(third, 5 * UNIT)).id == "b2"
-        assert len(gw.engine.read("conv/buf/x", 0)) == (2 if when_full == "raise" else 3)
+        assert len(await gw.engine.read("conv/buf/x", 0)) == (2 if when_full == "raise" else 3)
     finally:
         await agent.close()
         await gw.stop()

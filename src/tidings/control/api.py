@@ -189,10 +189,10 @@ def create_app(
 
     # -- conversations --------------------------------------------------------
 
-    def view(conversation: Conversation) -> m.ConversationOut:
+    async def view(conversation: Conversation) -> m.ConversationOut:
         topic = conversation.topic
-        head = engine.head(topic)
-        last = engine.read(topic, max(head - 1, engine.trimmed_through(topic)), 1) if head else []
+        head = await engine.head(topic)
+        last = await engine.read(topic, max(head - 1, await engine.trimmed_through(topic)), 1) if head else []
         return m.ConversationOut(
             id=topic.removeprefix("conv/"),
             topic=topic,
@@ -202,7 +202,7 @@ def create_app(
             created_ms=conversation.created_ms,
             updated_ms=conversation.updated_ms,
             head=head,
-            messages=engine.count(topic),
+            messages=await engine.count(topic),
             members_online=engine.presence.members_online(topic),
             last_activity_ms=last[-1].ts if last else None,
         )
@@ -235,7 +235,7 @@ def create_app(
         await catalog.put_conversation(conversation)
         for agent in members:
             await send_command(agent, "join", {"conversation": body.topic}, body.topic, None)
-        return view(conversation)
+        return await view(conversation)
 
     @app.get(
         "/v1/conversations",
@@ -258,7 +258,7 @@ def create_app(
             and (group is None or topic.split("/")[1] == group)
             and (member is None or member in c.members)
         ]
-        return [view(c) for c in found[:limit]]
+        return [await view(c) for c in found[:limit]]
 
     @app.get(
         "/v1/conversations/{group}/{name}",
@@ -267,7 +267,7 @@ def create_app(
         summary="One conversation, with its head offset, size, members online and last activity",
     )
     async def get_conversation(group: Segment, name: Segment, _: Admin) -> m.ConversationOut:
-        return view(find(group, name))
+        return await view(find(group, name))
 
     @app.post(
         "/v1/conversations/{group}/{name}/close",
@@ -278,7 +278,7 @@ def create_app(
     async def close_conversation(group: Segment, name: Segment, _: Admin) -> m.ConversationOut:
         conversation = msgspec.structs.replace(find(group, name), state="closed")
         await catalog.put_conversation(conversation)
-        return view(conversation)
+        return await view(conversation)
 
     @app.delete(
         "/v1/conversations/{group}/{name}",
@@ -318,10 +318,10 @@ def create_app(
         group: Segment, name: Segment, _: Admin, limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT)] = 300
     ) -> m.GraphOut:
         topic = find(group, name).topic
-        msgs = _tail(engine, topic, limit)
+        msgs = await _tail(engine, topic, limit)
         dead = {
             letter.headers.get("tidings-dlq-offset", "")
-            for letter in _tail(engine, f"dlq/{topic}", PAGE_LIMIT)
+            for letter in await _tail(engine, f"dlq/{topic}", PAGE_LIMIT)
         }
         ids = {msg.id for msg in msgs}
         nodes = [
@@ -339,7 +339,7 @@ def create_app(
             for msg in msgs
         ]
         edges = [m.GraphEdge(source=msg.parent, target=msg.id) for msg in msgs if msg.parent in ids]
-        return m.GraphOut(topic=topic, head=engine.head(topic), nodes=nodes, edges=edges)
+        return m.GraphOut(topic=topic, head=await engine.head(topic), nodes=nodes, edges=edges)
 
     @app.get(
         "/v1/conversations/{group}/{name}/messages",
@@ -355,13 +355,13 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT)] = 100,
     ) -> m.MessagePage:
         topic = find(group, name).topic
-        trimmed = engine.trimmed_through(topic)
+        trimmed = await engine.trimmed_through(topic)
         gap = [after + 1, trimmed] if after < trimmed else None
-        msgs = engine.read(topic, max(after, trimmed), limit)
+        msgs = await engine.read(topic, max(after, trimmed), limit)
         return m.MessagePage(
             messages=[_message_out(msg) for msg in msgs],
             next=msgs[-1].offset or after if msgs else max(after, trimmed),
-            head=engine.head(topic),
+            head=await engine.head(topic),
             gap=gap,
         )
 
@@ -401,7 +401,7 @@ def create_app(
         key = key or str(args.get("conversation") or args.get("request") or "agent")
         topic = commands_topic(agent)
         async with epochs.lock(agent):
-            epoch = epochs.next(agent, epoch)
+            epoch = await epochs.next(agent, epoch)
             msg = Msg(
                 topic=topic,
                 id=uuid.uuid4().hex,
@@ -442,7 +442,7 @@ def create_app(
         agent: AgentId, offset: Annotated[int, PathParam(ge=1, le=2**53)], _: Admin
     ) -> m.CommandOut:
         topic = commands_topic(_agent_id(agent))
-        found = engine.read(topic, offset - 1, 1)
+        found = await engine.read(topic, offset - 1, 1)
         if not found or found[0].offset != offset:
             raise NotFound(f"no command at offset {offset} of {topic}")
         msg = found[0]
@@ -456,7 +456,7 @@ def create_app(
             epoch=epoch if isinstance(epoch, int) else 0,
             offset=offset,
             online=engine.presence.is_online(agent),
-            acked=_acked(engine, agent, topic, offset),
+            acked=await _acked(engine, agent, topic, offset),
         )
 
     # -- tokens ---------------------------------------------------------------
@@ -517,15 +517,15 @@ class _Epochs:
     def lock(self, agent: str) -> asyncio.Lock:
         return self._locks.setdefault(agent, asyncio.Lock())
 
-    def next(self, agent: str, wanted: int | None) -> int:
-        floor = max(self._last.get(agent, 0), self._engine.head(commands_topic(agent)))
+    async def next(self, agent: str, wanted: int | None) -> int:
+        floor = max(self._last.get(agent, 0), await self._engine.head(commands_topic(agent)))
         epoch = floor + 1 if wanted is None else wanted
         self._last[agent] = max(floor, epoch)
         return epoch
 
 
-def _acked(engine: Engine, agent: str, topic: str, offset: int) -> bool:
-    state = engine.load_cursor(consumer_key(agent, COMMAND_CONSUMER, f"ctl/{agent}/>"))
+async def _acked(engine: Engine, agent: str, topic: str, offset: int) -> bool:
+    state = await engine.load_cursor(consumer_key(agent, COMMAND_CONSUMER, f"ctl/{agent}/>"))
     cursor = state.topics.get(topic) if state is not None else None
     return cursor is not None and (offset <= cursor.floor or offset in cursor.acked)
 
@@ -551,11 +551,11 @@ def _message_out(msg: Msg) -> m.MessageOut:
     )
 
 
-def _tail(engine: Engine, topic: str, limit: int) -> list[Msg]:
+async def _tail(engine: Engine, topic: str, limit: int) -> list[Msg]:
     """The latest ``limit`` retained messages of ``topic``, oldest first."""
     out: list[Msg] = []
-    after = engine.trimmed_through(topic)
-    while batch := engine.read(topic, after, PAGE_LIMIT):
+    after = await engine.trimmed_through(topic)
+    while batch := await engine.read(topic, after, PAGE_LIMIT):
         out.extend(batch)
         del out[:-limit]
         after = batch[-1].offset or after

@@ -49,7 +49,16 @@ EphemeralCallback = Callable[[Msg], object]
 
 
 class Engine(ABC):
-    """What the gateway needs from wherever messages live."""
+    """What the gateway needs from wherever messages live.
+
+    Reads are coroutines: the NATS engine answers them over the network. A
+    reader that must not miss a commit while a read is in flight holds the
+    commits that arrive meanwhile and merges them by offset (``gateway/consumer.py``).
+    """
+
+    #: True when several gateways share this engine's topics and cursors (NATS):
+    #: a gateway then keeps no consumer state once its last member has left.
+    shared: bool = False
 
     _presence: PresenceTable | None = None
 
@@ -99,9 +108,10 @@ class Engine(ABC):
         ``interested(topic)``, if given, lets the engine skip decoding messages of
         topics nobody on this gateway listens to (it must be cheap and exact).
 
-        Between two steps of the event loop, ``read`` returns exactly the
-        messages already passed to the callback, so a reader that reads and then
-        follows commits with no ``await`` in between sees no gap and no repeat.
+        A message passed to the callback is already durable, so a ``read``
+        that starts after the callback returned includes it. A reader that
+        holds what the callback passes while its ``read`` is in flight, then
+        merges both by offset, sees no gap and no repeat.
         """
 
     @abstractmethod
@@ -111,41 +121,41 @@ class Engine(ABC):
     # -- reading ------------------------------------------------------------
 
     @abstractmethod
-    def read(self, topic: str, after: int, limit: int = 1000) -> list[Msg]:
+    async def read(self, topic: str, after: int, limit: int = 1000) -> list[Msg]:
         """Up to ``limit`` retained messages of ``topic`` after offset ``after``, ascending."""
 
     @abstractmethod
-    def head(self, topic: str) -> int:
+    async def head(self, topic: str) -> int:
         """The highest offset ever stored in ``topic``; 0 if none."""
 
     @abstractmethod
-    def trimmed_through(self, topic: str) -> int:
+    async def trimmed_through(self, topic: str) -> int:
         """The highest offset of ``topic`` removed by retention; 0 if none."""
 
     @abstractmethod
-    def offset_at_time(self, topic: str, ts_ms: int) -> int:
+    async def offset_at_time(self, topic: str, ts_ms: int) -> int:
         """The ``after`` offset from which ``read`` starts at the first message at or after ``ts_ms``."""
 
     def storage_figures(self) -> StorageFigures | None:
         """Group-commit figures for /metrics; None where the engine has none to report."""
         return None
 
-    def count(self, topic: str) -> int:
+    async def count(self, topic: str) -> int:
         """How many messages of ``topic`` are retained (engines override the scan)."""
-        total, after = 0, self.trimmed_through(topic)
-        while batch := self.read(topic, after, 1000):
+        total, after = 0, await self.trimmed_through(topic)
+        while batch := await self.read(topic, after, 1000):
             total += len(batch)
             after = batch[-1].offset or after
         return total
 
     @abstractmethod
-    def topics(self) -> list[str]:
-        """Every durable topic with retained messages or history."""
+    async def topics(self, matching: str = ">") -> list[str]:
+        """Every durable topic matching the pattern ``matching`` with retained messages or history."""
 
     # -- cursors of durable consumers ------------------------------------------
 
     @abstractmethod
-    def load_cursor(self, key: str) -> CursorState | None:
+    async def load_cursor(self, key: str) -> CursorState | None:
         """The saved state of a durable consumer; None if it never existed."""
 
     @abstractmethod

@@ -30,6 +30,7 @@ from tidings.log import FileSystem, RetentionPolicy, Store, StoredRecord
 from tidings.log.cursors import CursorStore
 from tidings.metrics import StorageFigures
 from tidings.protocol.frames import Headers, Msg
+from tidings.protocol.topics import matches
 
 log = logging.getLogger("tidings.engine")
 
@@ -170,27 +171,30 @@ class EmbeddedEngine(Engine):
 
     # -- reading ------------------------------------------------------------
 
-    def read(self, topic: str, after: int, limit: int = 1000) -> list[Msg]:
+    # Each answers from memory or the page cache without suspending, so a
+    # reader that awaits one sees no commit in between (the gateway does not rely on it).
+
+    async def read(self, topic: str, after: int, limit: int = 1000) -> list[Msg]:
         return [from_record(r) for r in self.store.read(topic, after, limit)]
 
-    def head(self, topic: str) -> int:
+    async def head(self, topic: str) -> int:
         return self.store.head(topic)
 
-    def trimmed_through(self, topic: str) -> int:
+    async def trimmed_through(self, topic: str) -> int:
         return self.store.trimmed_through(topic)
 
-    def offset_at_time(self, topic: str, ts_ms: int) -> int:
+    async def offset_at_time(self, topic: str, ts_ms: int) -> int:
         return self.store.offset_at_time(topic, ts_ms)
 
-    def count(self, topic: str) -> int:
+    async def count(self, topic: str) -> int:
         return self.store.count(topic)
 
-    def topics(self) -> list[str]:
-        return self.store.topics()
+    async def topics(self, matching: str = ">") -> list[str]:
+        return [t for t in self.store.topics() if matching == ">" or matches(matching, t)]
 
     # -- cursors ------------------------------------------------------------
 
-    def load_cursor(self, key: str) -> CursorState | None:
+    async def load_cursor(self, key: str) -> CursorState | None:
         saved = self._cursors.load(key)
         return None if saved is None else msgspec.convert(saved, CursorState)
 

@@ -77,6 +77,7 @@ class Connection(WSListener):
     __slots__ = (
         "_fragment_bytes",
         "_fragments",
+        "_joining",
         "_may_publish",
         "_next_sid",
         "_timers",
@@ -115,6 +116,7 @@ class Connection(WSListener):
         self._fragments: list[bytes] | None = None
         self._fragment_bytes = 0
         self._timers: list[asyncio.TimerHandle] = []
+        self._joining: set[asyncio.Future[None]] = set()
 
     @property
     def agent(self) -> str:
@@ -321,28 +323,59 @@ class Connection(WSListener):
             value = getattr(sub, name)
             if value is not None and value < 1:
                 raise InvalidFrame(f"{name} must be at least 1, not {value}")
+        durable = sub.consumer is not None or sub.start is not None
+        if durable:
+            self.gateway.consumers.check(pattern)
         sid = self._next_sid
         subscription = Subscription(self, sid, pattern)
-        durable = sub.consumer is not None or sub.start is not None
-        head = None
-        if durable:
-            if not is_wildcard(pattern):
-                head = self.gateway.engine.head(pattern)
-            subscription.consumer = self.gateway.consumers.join(subscription, sub, self.grants.agent)
-        else:
-            self.gateway.router.add(subscription)
         self._next_sid += 1  # only now: a refused sub uses no sid
         self.subs[sid] = subscription
         self.gateway.stats.subscriptions += 1
         if pattern.startswith("conv/") and not is_wildcard(pattern):
             self.gateway.presence.joined(self, pattern)
-        # subbed goes out before the first delivery: both are queued in this turn, in
-        # order (on the priority lane for ctl/, where its deliveries go)
-        subbed = f.Subbed(sid=sid, topic=pattern, rid=sub.rid, durable=durable, head=head)
-        if subscription.consumer is not None and subscription.consumer.priority:
+        if durable:
+            # The engine answers over the network (NATS): finish in a task of its own.
+            task = asyncio.ensure_future(self._join(subscription, sub))
+            self._joining.add(task)
+            task.add_done_callback(self._joining.discard)
+            return
+        self.gateway.router.add(subscription)
+        self.session.send(f.Subbed(sid=sid, topic=pattern, rid=sub.rid, durable=False))
+
+    async def _join(self, subscription: Subscription, sub: f.Sub) -> None:
+        """Join the durable consumer or start the reader, then answer ``subbed`` (or the error)."""
+        assert self.grants is not None
+        gateway = self.gateway
+        try:
+            head = (
+                None if is_wildcard(subscription.pattern) else await gateway.engine.head(subscription.pattern)
+            )
+            consumer = await gateway.consumers.join(subscription, sub, self.grants.agent)
+        except Exception as exc:
+            if self.subs.get(subscription.sid) is subscription:
+                del self.subs[subscription.sid]
+                gateway.drop_subscription(subscription)
+            error = exc if isinstance(exc, TidingsError) else StorageError(f"subscribe failed: {exc!r}")
+            if not isinstance(exc, TidingsError):
+                log.error("durable subscribe to %s failed: %r", subscription.pattern, exc)
+            gateway.stats.reject(error.code)
+            self.session.send(error_frame(error, sub.rid))
+            gateway.mark_dirty(self)
+            return
+        subscription.consumer = consumer
+        if self.subs.get(subscription.sid) is not subscription or self.session.state is not State.OPEN:
+            gateway.consumers.leave(subscription)  # unsubscribed or disconnected meanwhile
+            return
+        # subbed goes out before the first delivery: join scheduled that for the end of this
+        # turn (on the priority lane for ctl/, where its deliveries go)
+        subbed = f.Subbed(
+            sid=subscription.sid, topic=subscription.pattern, rid=sub.rid, durable=True, head=head
+        )
+        if consumer.priority:
             self.session.send_priority(subbed)
         else:
             self.session.send(subbed)
+        gateway.mark_dirty(self)
 
     def _on_unsub(self, unsub: f.Unsub) -> None:
         subscription = self.subs.pop(unsub.sid, None)

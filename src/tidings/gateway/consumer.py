@@ -5,8 +5,12 @@ remembers how far it has read from the log (``read_through``), which offsets
 are delivered but not yet acknowledged (``outstanding``), and which were
 acknowledged above the floor (``acked``). It always reads the log strictly
 after ``read_through``; once a read comes back short it is caught up and takes
-newly committed messages straight from the engine's commit callback, with no
-``await`` in between, so the replay-to-live seam has no gap and no repeat.
+newly committed messages straight from the engine's commit callback. Reads are
+coroutines (the NATS engine reads over the network), so while a read of a topic
+is in flight its commits are held; when the read returns short, the held ones
+above it are taken too, and the replay-to-live seam has no gap and no repeat.
+If more than ``HOLD_LIMIT`` arrive during one read, they are dropped and the
+topic is simply read again.
 
 Members are the subscriptions (one per connection) that share the consumer:
 deliveries go round-robin to members with room, which splits the messages
@@ -21,6 +25,7 @@ reason in its headers, then counted as acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import time
@@ -34,13 +39,14 @@ from tidings.config import NamespacePolicy
 from tidings.engine.base import CursorState, TopicCursor
 from tidings.metrics import namespace_of
 from tidings.protocol import frames as f
-from tidings.protocol.topics import is_durable, matches
+from tidings.protocol.topics import is_durable
 
 if TYPE_CHECKING:
     from tidings.gateway.connection import Subscription
     from tidings.gateway.consumers import Consumers
 
 READ_BATCH = 256
+HOLD_LIMIT = 4 * READ_BATCH  # commits held per topic while its read is in flight
 READER_WINDOW = 1 << 20  # bytes a reader may have queued on its connection
 MAX_BACKOFF_MS = 60_000
 _seq = itertools.count()
@@ -66,13 +72,16 @@ class Pending:
 
 
 class TopicState:
-    __slots__ = ("acked", "caught_up", "outstanding", "read_through")
+    __slots__ = ("acked", "caught_up", "held", "outstanding", "overflow", "read_through")
 
     def __init__(self, read_through: int, acked: list[int] | None = None) -> None:
         self.read_through = read_through
         self.outstanding: set[int] = set()
         self.acked: set[int] = set(acked or ())
         self.caught_up = False
+        #: commits that arrived while a read of this topic was in flight (None: no read)
+        self.held: list[f.Msg] | None = None
+        self.overflow = False
 
     def cursor(self) -> TopicCursor:
         floor = min(self.outstanding) - 1 if self.outstanding else self.read_through
@@ -90,7 +99,6 @@ class Consumer:
         pattern: str,
         policy: NamespacePolicy,
         acks: bool,
-        start: f.Start | None,
         saved: CursorState | None = None,
     ) -> None:
         self.registry = registry
@@ -113,23 +121,47 @@ class Consumer:
         self.lagging: deque[str] = deque()
         self.cursor_dirty = False
         self._rr = 0
+        self._reader: asyncio.Task[None] | None = None
+        #: topics first seen in a commit while ``open`` ran (None once it is done)
+        self._born: set[str] | None = set()
+        self.closed = False
         for topic, cur in (saved.topics if saved else {}).items():
             self._track(topic, TopicState(cur.floor, cur.acked))
-        for topic in self.engine.topics():
-            if topic not in self.topics and matches(pattern, topic):
-                self._track(topic, TopicState(self._start_offset(topic, start)))
-        self.cursor_dirty = acks
 
-    def _start_offset(self, topic: str, start: f.Start | None) -> int:
+    async def open(self, start: f.Start | None) -> None:
+        """Find the topics the pattern matches and where to start in each.
+
+        Call it after the consumer is routed commits, so that a topic born
+        meanwhile is seen either here or in ``on_commit``. Raises ``StorageError``.
+        """
+        for topic in await self.engine.topics(self.pattern):
+            if topic not in self.topics:
+                offset = await self._start_offset(topic, start)
+                if topic not in self.topics:
+                    self._track(topic, TopicState(offset))
+        for topic in self._born or ():
+            if topic not in self.topics:  # born after topics() looked: all of it is new
+                self._track(topic, TopicState(0))
+        self._born = None
+        self.cursor_dirty = self.acks
+        self.schedule()
+
+    async def _start_offset(self, topic: str, start: f.Start | None) -> int:
         if start is None or start == "earliest":
-            return self.engine.trimmed_through(topic)
+            return await self.engine.trimmed_through(topic)
         if start == "latest":
-            return self.engine.head(topic)
+            return await self.engine.head(topic)
         if start.offset is not None:
             return start.offset
         if start.time is not None:
-            return self.engine.offset_at_time(topic, start.time)
-        return self.engine.trimmed_through(topic)
+            return await self.engine.offset_at_time(topic, start.time)
+        return await self.engine.trimmed_through(topic)
+
+    def close(self) -> None:
+        """Stop reading: the consumer is gone from its registry."""
+        self.closed = True
+        if self._reader is not None:
+            self._reader.cancel()
 
     def _track(self, topic: str, state: TopicState) -> None:
         self.topics[topic] = state
@@ -177,9 +209,17 @@ class Consumer:
     def on_commit(self, msg: f.Msg) -> None:
         """A message was committed to a topic this consumer's pattern matches."""
         state = self.topics.get(msg.topic)
-        if state is None:  # a topic born after the consumer: from its beginning
-            self._track(msg.topic, state := TopicState(0))
-        if state.caught_up and msg.offset is not None and msg.offset > state.read_through:
+        if state is None:
+            if self._born is not None:  # still opening: open() decides where it starts
+                self._born.add(msg.topic)
+                return
+            self._track(msg.topic, state := TopicState(0))  # born after the consumer: all of it
+        if state.held is not None:  # a read is in flight: hold it for the seam
+            if len(state.held) < HOLD_LIMIT:
+                state.held.append(msg)
+            else:
+                state.overflow = True
+        elif state.caught_up and msg.offset is not None and msg.offset > state.read_through:
             if len(self.ready) < READ_BATCH * max(1, len(self.members)):
                 state.read_through = msg.offset
                 self._take(state, msg)
@@ -198,28 +238,57 @@ class Consumer:
             self.pending[(msg.topic, msg.offset)] = p
         self.ready.append(p)
 
-    def _read_more(self, first: Subscription) -> bool:
-        """Read the next batch of a lagging topic; False when every topic is caught up."""
-        while self.lagging:
+    def _read_soon(self) -> None:
+        """Start reading lagging topics unless a read is already in flight."""
+        if self._reader is None and self.lagging and self._born is None and not self.closed:
+            self._reader = asyncio.ensure_future(self._read_more())
+            self._reader.add_done_callback(self._read_done)
+
+    def _read_done(self, task: asyncio.Task[None]) -> None:
+        self._reader = None
+        if not task.cancelled() and task.exception() is not None:
+            # Transient (RetryLater) or not, try again in a moment rather than stall.
+            self.registry.log_read_failure(self, task.exception())
+            asyncio.get_running_loop().call_later(1.0, self.schedule)
+            return
+        self.schedule()
+
+    async def _read_more(self) -> None:
+        """Read lagging topics until one yields messages or all are caught up."""
+        while self.lagging and not self.closed:
             topic = self.lagging[0]
             state = self.topics[topic]
-            trimmed = self.engine.trimmed_through(topic)
+            state.held, state.overflow = [], False
+            try:
+                trimmed = await self.engine.trimmed_through(topic)
+                msgs = await self.engine.read(topic, state.read_through, READ_BATCH)
+                held, overflow = state.held, state.overflow
+            finally:
+                state.held = None
+            if not self.members:
+                return  # nobody to tell of a gap: read again when someone is here
             if state.read_through < trimmed:
-                first.deliver_gap(topic, state.read_through + 1, trimmed, "retention")
+                self.members[0].deliver_gap(topic, state.read_through + 1, trimmed, "retention")
                 state.read_through = trimmed
                 self.cursor_dirty = self.acks
-            msgs = self.engine.read(topic, state.read_through, READ_BATCH)
-            for msg in msgs:
-                self._take(state, msg)
-            if msgs:
-                assert msgs[-1].offset is not None
-                state.read_through = msgs[-1].offset
-            if len(msgs) < READ_BATCH:
+            took = self._take_after(state, msgs)
+            if len(msgs) < READ_BATCH and not overflow:
                 state.caught_up = True
                 self.lagging.popleft()
-            if msgs:
-                return True
-        return False
+                took += self._take_after(state, held)
+            if took:
+                return
+
+    def _take_after(self, state: TopicState, msgs: list[f.Msg]) -> int:
+        """Take the messages above ``read_through`` in offset order; return how many."""
+        took = 0
+        for msg in msgs:
+            assert msg.offset is not None
+            if msg.offset > state.read_through:
+                self._take(state, msg)
+                state.read_through = msg.offset
+                took += 1
+        return took
 
     def schedule(self) -> None:
         self.registry.schedule(self)
@@ -230,10 +299,9 @@ class Consumer:
             member = self._next_member()
             if member is None:
                 return
-            if not self.ready and not self._read_more(member):
-                return
             if not self.ready:
-                continue
+                self._read_soon()  # it schedules another pump when it has read
+                return
             p = self.ready.popleft()
             if p.phase is Phase.DONE:
                 continue

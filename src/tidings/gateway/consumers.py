@@ -50,6 +50,7 @@ class Consumers:
         self._pump_pending = False
         self._watched: set[Consumer] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._opening: dict[str, asyncio.Future[Consumer]] = {}
         self.dead_letters = 0
 
     def start(self) -> None:
@@ -67,29 +68,34 @@ class Consumers:
 
     # -- membership ---------------------------------------------------------
 
-    def join(self, member: Subscription, sub: f.Sub, agent: str) -> Consumer:
+    @staticmethod
+    def check(pattern: str) -> None:
+        """Raise ``NotSupported`` when ``pattern`` can only reach ephemeral topics."""
+        first = pattern.split("/", 1)[0]
+        if first not in DURABLE_NAMESPACES and first not in ("*", ">"):
+            raise NotSupported(f"{pattern!r} is ephemeral: it has no history to replay or ack")
+
+    async def join(self, member: Subscription, sub: f.Sub, agent: str) -> Consumer:
         """Attach ``member`` to its durable consumer (created or resumed) or to a new reader.
 
-        Raises ``NotSupported`` when the pattern can only reach ephemeral topics.
+        Raises ``NotSupported`` (see ``check``) and, from the engine, ``StorageError``
+        or ``RetryLater``. The caller must ``leave`` if the member is gone by the time
+        this returns.
         """
+        self.check(member.pattern)
         first = member.pattern.split("/", 1)[0]
-        if first not in DURABLE_NAMESPACES and first not in ("*", ">"):
-            raise NotSupported(f"{member.pattern!r} is ephemeral: it has no history to replay or ack")
         policy = self.policy(member.pattern if first in DURABLE_NAMESPACES else "conv/_/_")
         if sub.consumer is None:
-            consumer = Consumer(self, f"reader\x00{id(member)}", member.pattern, policy, False, sub.start)
+            consumer = Consumer(self, f"reader\x00{id(member)}", member.pattern, policy, False)
             self.router.add(consumer)
+            try:
+                await consumer.open(sub.start)
+            except BaseException:
+                self._remove(consumer)
+                raise
         else:
             key = consumer_key(agent, sub.consumer, member.pattern)
-            existing = self.by_key.get(key)
-            if existing is not None:
-                consumer = existing
-            else:
-                saved = self.engine.load_cursor(key)
-                start = sub.start if saved is None else None
-                consumer = Consumer(self, key, member.pattern, policy, True, start, saved)
-                self.by_key[key] = consumer
-                self.router.add(consumer)
+            consumer = self.by_key.get(key) or await self._opened(key, member.pattern, policy, sub.start)
             self._idle_since.pop(key, None)
         if sub.ack_wait_ms is not None:
             consumer.policy = msgspec.structs.replace(consumer.policy, ack_wait_ms=sub.ack_wait_ms)
@@ -97,15 +103,48 @@ class Consumers:
         consumer.attach(member)
         return consumer
 
+    async def _opened(
+        self, key: str, pattern: str, policy: NamespacePolicy, start: f.Start | None
+    ) -> Consumer:
+        """The durable consumer ``key``, resumed from its cursor; one opening per key at a time."""
+        opening = self._opening.get(key)
+        if opening is None:
+            opening = self._opening[key] = asyncio.ensure_future(self._open(key, pattern, policy, start))
+            opening.add_done_callback(lambda _: self._opening.pop(key, None))
+        return await asyncio.shield(opening)
+
+    async def _open(self, key: str, pattern: str, policy: NamespacePolicy, start: f.Start | None) -> Consumer:
+        saved = await self.engine.load_cursor(key)
+        consumer = Consumer(self, key, pattern, policy, True, saved)
+        self.by_key[key] = consumer
+        self.router.add(consumer)
+        try:
+            await consumer.open(start if saved is None else None)
+        except BaseException:
+            self._remove(consumer)
+            raise
+        return consumer
+
+    def _remove(self, consumer: Consumer) -> None:
+        consumer.close()
+        self.router.remove(consumer)
+        self._watched.discard(consumer)
+        if self.by_key.get(consumer.key) is consumer:
+            del self.by_key[consumer.key]
+        self._idle_since.pop(consumer.key, None)
+
     def leave(self, member: Subscription) -> None:
         consumer = member.consumer
         if consumer is None:
             return
         consumer.detach(member)
         if not consumer.acks:
-            self.router.remove(consumer)
+            self._remove(consumer)
         elif not consumer.members:
             self._idle_since[consumer.key] = time.monotonic()
+
+    def log_read_failure(self, consumer: Consumer, exc: BaseException | None) -> None:
+        log.warning("reading for consumer %r failed (will retry): %r", consumer.key, exc)
 
     # -- events -------------------------------------------------------------
 
@@ -205,13 +244,22 @@ class Consumers:
             await self.engine.save_cursors(states)
 
     def _evict_idle(self) -> None:
+        """Forget consumers nobody has used for a while once their cursor is saved.
+
+        With a shared engine (NATS) that is at once: the member may come back
+        through another gateway, which resumes from the saved cursor, and this
+        gateway must not keep a stale copy to resume from later. What was
+        delivered and not acked stays below the cursor and is delivered again.
+        """
         now = time.monotonic()
+        idle_s = 0.0 if self.engine.shared else IDLE_EVICT_S
         for key, since in list(self._idle_since.items()):
             consumer = self.by_key.get(key)
             if consumer is None or consumer.members:
                 self._idle_since.pop(key, None)
-            elif now - since > IDLE_EVICT_S and not consumer.cursor_dirty and not consumer.pending:
-                self.router.remove(consumer)
-                self._watched.discard(consumer)
-                del self.by_key[key]
-                del self._idle_since[key]
+            elif (
+                now - since >= idle_s
+                and not consumer.cursor_dirty
+                and (self.engine.shared or not consumer.pending)
+            ):
+                self._remove(consumer)

@@ -36,6 +36,7 @@ from tidings.errors import InvalidFrame
 from tidings.gateway.connection import Connection, Subscription
 from tidings.gateway.consumers import Consumers
 from tidings.gateway.router import Router
+from tidings.log.types import RetentionPolicy
 from tidings.metrics import GatewayStats, namespace_of
 from tidings.presence import PresenceEvent
 from tidings.protocol import frames as f
@@ -65,9 +66,7 @@ class Gateway:
         self.settings = settings
         self.authority = authority
         self.catalog = catalog or Catalog(settings)
-        self.engine: Engine = engine or EmbeddedEngine(
-            settings.data_path, settings.shards, retention=self.catalog.retention, on_fatal=on_fatal
-        )
+        self.engine: Engine = engine or engine_for(settings, on_fatal, self.catalog.retention)
         self.presence = self.engine.presence
         #: the gateway pings a connection idle this long, and waits as long for the pong
         self.heartbeat_s = settings.presence_timeout / 2
@@ -305,6 +304,28 @@ class Gateway:
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.flush()
+
+
+def engine_for(
+    settings: Settings,
+    on_fatal: Callable[[BaseException], None] | None = None,
+    retention: Callable[[str], RetentionPolicy] | None = None,
+) -> Engine:
+    """The engine ``settings.engine`` names. Raises ``ValueError`` for a bad NATS setting.
+
+    ``retention`` (default: the namespaces') is the embedded engine's per-topic
+    policy; JetStream keeps retention per stream, so the NATS engine takes the
+    namespaces' (docs/scaling.md).
+    """
+    if settings.engine == "nats":
+        from tidings.engine.nats import NatsEngine  # needs nats-py: pip install 'tidings[nats]'
+
+        urls = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
+        replicas = settings.nats_replicas or None
+        return NatsEngine(urls, settings.shards, replicas, retention=settings.retention)
+    return EmbeddedEngine(
+        settings.data_path, settings.shards, retention=retention or settings.retention, on_fatal=on_fatal
+    )
 
 
 def _offered_subprotocols(values: Sequence[str]) -> list[str]:

@@ -62,7 +62,7 @@ class Agent:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str | None,
         name: str = "",
         *,
@@ -76,7 +76,11 @@ class Agent:
         status: str = "idle",
         commands: bool = False,
     ) -> None:
-        self.url = url
+        #: gateways to try in turn (any gateway serves any topic with the NATS engine)
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("connect() needs at least one gateway URL")
+        self.url = self.urls[0]
         self.token = token
         self.name = name
         self.subprotocol = subprotocol
@@ -120,7 +124,13 @@ class Agent:
         Raises the server's error if it refuses (e.g. ``Unauthorized``) and
         ``ConnectionLost`` if the server cannot be reached.
         """
-        await self._connect()
+        for attempt in range(len(self.urls)):
+            try:
+                await self._connect()
+                break
+            except ConnectionLost:  # _connect moved on to the next URL
+                if attempt + 1 == len(self.urls):
+                    raise
         self._supervisor = asyncio.create_task(self._supervise(), name=f"tidings-agent-{self.name}")
         for spec in self._handlers:
             self._start_handler(spec)
@@ -190,17 +200,20 @@ class Agent:
         link = Link(self, session)
         welcome: asyncio.Future[f.Welcome] = asyncio.get_running_loop().create_future()
         self._welcome = welcome
+        link_url = self.url
         try:
             await ws_connect(
                 lambda: link,
-                self.url,
+                link_url,
                 extra_headers={"Sec-WebSocket-Protocol": self.subprotocol},
                 websocket_handshake_timeout=self.connect_timeout,
             )
         except OSError as exc:
-            raise ConnectionLost(f"cannot connect to {self.url}: {exc}") from exc
+            self._next_url()
+            raise ConnectionLost(f"cannot connect to {link_url}: {exc}") from exc
         except Exception as exc:  # picows handshake errors
-            raise ConnectionLost(f"WebSocket handshake with {self.url} failed: {exc}") from exc
+            self._next_url()
+            raise ConnectionLost(f"WebSocket handshake with {link_url} failed: {exc}") from exc
         self._link = link
         self._lost.clear()
         link.flush()
@@ -209,6 +222,7 @@ class Agent:
         except TimeoutError:
             if link.transport is not None:
                 link.transport.disconnect()
+            self._next_url()
             raise ConnectionLost("no welcome from the server in time") from None
         self.agent_id = frame.agent
         self._set_state(ConnectionState.OPEN)
@@ -216,6 +230,10 @@ class Agent:
             self._send_sub(sub)
         for out in self.outbox.pending():
             self._send_pub(out)
+
+    def _next_url(self) -> None:
+        """The next connection attempt goes to the next gateway in ``urls``."""
+        self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
 
     async def _supervise(self) -> None:
         while not self._closing:
@@ -598,8 +616,10 @@ class Agent:
         task.add_done_callback(self._tasks.discard)
 
 
-def connect(url: str, token: str | None = None, *, name: str = "", **options: Any) -> Agent:
+def connect(url: str | Sequence[str], token: str | None = None, *, name: str = "", **options: Any) -> Agent:
     """Return an ``Agent``; use it as ``async with tidings.connect(...) as agent:``.
+
+    ``url`` may be a list of gateways: a connection that fails moves on to the next.
 
     ``options`` are ``Agent``'s: ``subprotocol``, ``backoff``, ``buffer_messages``,
     ``buffer_bytes``, ``when_full`` ("wait" or "raise"), ``connect_timeout``.

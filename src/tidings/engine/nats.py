@@ -1,0 +1,580 @@
+"""The NATS engine: durable topics in JetStream, ephemeral ones on core NATS.
+
+The only module of tidings that imports ``nats``; NATS errors become
+``tidings.errors`` here and nowhere else.
+
+Layout in NATS (``docs/scaling.md`` draws it):
+
+- One stream per durable namespace and shard, ``TIDINGS_<ns>_<shard>``, with
+  subjects ``tidings.<shard>.<ns>.>``. A topic ``conv/team-7/a.b`` is the
+  subject ``tidings.<shard>.conv.team-7.a%b``: ``/`` becomes ``.`` and a ``.``
+  inside a segment becomes ``%`` (not in the topic alphabet, so the mapping is
+  reversible). Streams are per namespace as well as per shard because JetStream
+  retention (``max_age``, ``max_msgs_per_subject``) is per stream and tidings'
+  is per namespace.
+- A message's offset is its stream sequence. A topic lives in one stream, so
+  its offsets are strictly increasing, and, as with the embedded log, not
+  contiguous. A stored message is the embedded log's record payload
+  (``[id, sender, ts, body, parent, lamport, headers]``, msgpack).
+- ``Nats-Msg-Id`` is a 128-bit BLAKE2b of ``topic NUL id``: JetStream dedups per
+  stream, tidings per topic, and an id may hold any character. A duplicate's
+  ack carries the original's sequence, which is its offset. The dedup window is
+  JetStream's ``duplicate_window`` (``dedup_window_s``; capped by ``max_age``).
+- Every gateway follows every stream from where it stood at start-up with one
+  ephemeral ordered push consumer per stream (``_Tail``): that feeds
+  ``on_commit``. There is no JetStream consumer per agent or conversation;
+  durable consumers' cursors live in the key-value bucket ``tidings_cursors``.
+- Ephemeral topics are core NATS subjects ``tidings.eph.<topic>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg as NatsMsg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import Error as JsError
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+
+from tidings.engine.base import CommitCallback, CursorState, Engine, EphemeralCallback, PublishResult
+from tidings.engine.embedded import from_record, to_record_payload
+from tidings.errors import RetryLater, StorageError
+from tidings.log.types import RetentionPolicy, StoredRecord
+from tidings.protocol.frames import Msg
+from tidings.protocol.topics import DURABLE_NAMESPACES, matches, shard_of
+
+log = logging.getLogger("tidings.engine.nats")
+
+CURSOR_BUCKET = "tidings_cursors"
+EPHEMERAL_PREFIX = "tidings.eph."
+API = "$JS.API"
+#: How long a publish or read keeps retrying through a leader election before ``RetryLater``.
+RETRY_FOR_S = 10.0
+REQUEST_TIMEOUT_S = 2.0
+HEARTBEAT_S = 1.0
+NO_MESSAGE_FOUND = 10037  # JetStream: "no message found"
+STREAM_NAME_IN_USE = 10058  # JetStream: "stream name already in use with a different configuration"
+T = TypeVar("T")
+
+
+def subject_of(topic: str, shards: int) -> str:
+    """The JetStream subject of a durable topic (or, with ``shards=0``, of an ephemeral one)."""
+    tokens = topic.replace(".", "%").replace("/", ".")
+    if shards == 0:
+        return EPHEMERAL_PREFIX + tokens
+    return f"tidings.{shard_of(topic, shards)}.{tokens}"
+
+
+def topic_of(subject: str) -> str:
+    """The topic of a subject made by ``subject_of``."""
+    tokens = subject.split(".", 2)[2]
+    return tokens.replace(".", "/").replace("%", ".")
+
+
+def stream_of(namespace: str, shard: int) -> str:
+    return f"TIDINGS_{namespace}_{shard}"
+
+
+def msg_id_of(topic: str, msg_id: str) -> str:
+    return hashlib.blake2b(f"{topic}\x00{msg_id}".encode(), digest_size=16).hexdigest()
+
+
+def _decode(subject: str, seq: int, data: bytes) -> Msg:
+    topic = topic_of(subject)
+    return from_record(StoredRecord(seq, topic, "", 0, data))
+
+
+class NatsEngine(Engine):
+    """Durable topics in a JetStream cluster, shared by every gateway connected to it."""
+
+    shared = True
+
+    def __init__(
+        self,
+        urls: list[str],
+        shards: int = 8,
+        replicas: int | None = None,
+        retention: Callable[[str], RetentionPolicy] | None = None,
+        dedup_window_s: float = 3600.0,
+        name: str = "tidings-gateway",
+    ) -> None:
+        """``replicas`` None: 3 when the server is part of a cluster, 1 when it is alone.
+
+        ``retention(topic)`` gives each namespace's policy (asked with ``<ns>/_/_``);
+        JetStream cannot bound a subject's bytes, so ``max_bytes`` is refused.
+        """
+        if not urls:
+            raise ValueError("the nats engine needs at least one server URL (--nats-url)")
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
+        self.urls = urls
+        self.shards = shards
+        self.replicas = replicas
+        self._retention = retention or (lambda topic: RetentionPolicy())
+        self.dedup_window_s = dedup_window_s
+        self._name = name
+        self._nc: Client | None = None
+        self._kv: KeyValue | None = None
+        self._tails: list[_Tail] = []
+        self._commit_callbacks: list[tuple[CommitCallback, Callable[[str], bool] | None]] = []
+        self._ephemeral_callbacks: list[EphemeralCallback] = []
+        #: per topic, the highest offset this engine has announced (reads must reach it)
+        self._announced: dict[str, int] = {}
+        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        for ns in DURABLE_NAMESPACES:
+            if self._retention(f"{ns}/_/_").max_bytes is not None:
+                raise ValueError(f"namespace {ns!r}: max_bytes per topic is not available with NATS")
+
+    @property
+    def nc(self) -> Client:
+        assert self._nc is not None, "start() first"
+        return self._nc
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, create or update the streams and the cursor bucket, follow every stream.
+
+        Raises ``StorageError`` if the cluster cannot be reached or refuses the configuration.
+        """
+        try:
+            self._nc = await nats.connect(
+                self.urls,
+                name=self._name,
+                error_cb=_log_error,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=REQUEST_TIMEOUT_S,
+            )
+        except (NatsError, OSError) as exc:
+            raise StorageError(f"cannot reach NATS at {', '.join(self.urls)}: {exc!r}") from None
+        if self.replicas is None:
+            self.replicas = 3 if self.nc._server_info.get("cluster") else 1
+        for ns in sorted(DURABLE_NAMESPACES):
+            for shard in range(self.shards):
+                last = await self._ensure_stream(ns, shard)
+                self._tails.append(_Tail(self, stream_of(ns, shard), last))
+        js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
+        self._kv = await _retry(
+            f"create bucket {CURSOR_BUCKET}",
+            lambda: js.create_key_value(bucket=CURSOR_BUCKET, history=1, replicas=self.replicas),
+            for_s=60.0,
+        )
+        for tail in self._tails:
+            await tail.start()
+        await self.nc.subscribe(EPHEMERAL_PREFIX + ">", cb=self._on_ephemeral)
+        self._tasks.append(asyncio.create_task(self._send_ephemeral(), name="tidings-nats-ephemeral"))
+
+    async def _ensure_stream(self, ns: str, shard: int) -> int:
+        """Create the stream of ``ns``/``shard`` or bring its config up to date; return its last seq."""
+        policy = self._retention(f"{ns}/_/_")
+        max_age_ns = 0 if policy.max_age_ms is None else policy.max_age_ms * 1_000_000
+        window_ns = int(self.dedup_window_s * 1e9)
+        config = {
+            "name": stream_of(ns, shard),
+            "subjects": [f"tidings.{shard}.{ns}.>"],
+            "retention": "limits",
+            "storage": "file",
+            "num_replicas": self.replicas,
+            "max_msgs_per_subject": policy.max_messages or -1,
+            "max_age": max_age_ns,
+            "duplicate_window": min(window_ns, max_age_ns) if max_age_ns else window_ns,
+            "discard": "old",
+            "allow_direct": True,
+        }
+        payload = json.dumps(config).encode()
+        name = config["name"]
+
+        async def ensure() -> dict[str, Any]:
+            info = await self._api(f"STREAM.CREATE.{name}", payload, allow=(STREAM_NAME_IN_USE,))
+            if "error" in info:  # exists with another config: ours wins
+                info = await self._api(f"STREAM.UPDATE.{name}", payload)
+            return info
+
+        # A cluster that is still electing its meta leader answers "no responders" or not at all.
+        info = await _retry(f"create stream {name}", ensure, for_s=60.0)
+        return int(info["state"]["last_seq"])
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for tail in self._tails:
+            await tail.stop()
+        self._tails.clear()
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(NatsError):
+                await self._nc.drain()
+        self._nc = None
+
+    async def _api(self, call: str, payload: bytes = b"", allow: tuple[int, ...] = ()) -> dict[str, Any]:
+        """One JetStream API request; raises ``StorageError`` for an error not in ``allow``."""
+        answer = await self.nc.request(f"{API}.{call}", payload, timeout=REQUEST_TIMEOUT_S)
+        body: dict[str, Any] = json.loads(answer.data)
+        error = body.get("error")
+        if error is not None and error.get("err_code") not in allow:
+            raise StorageError(f"JetStream refused {call}: {error.get('description')}")
+        return body
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(self, msg: Msg) -> PublishResult:
+        payload = to_record_payload(msg)
+        ns = msg.topic.split("/", 1)[0]
+        stream = stream_of(ns, shard_of(msg.topic, self.shards))
+        headers = {"Nats-Msg-Id": msg_id_of(msg.topic, msg.id), "Nats-Expected-Stream": stream}
+        subject = subject_of(msg.topic, self.shards)
+        # A publish that timed out may have been stored: sending it again with the same
+        # Nats-Msg-Id is safe (its ack then says duplicate, with the original offset).
+        answer = await _retry(
+            f"publish to {msg.topic}",
+            lambda: self.nc.request(subject, payload, timeout=REQUEST_TIMEOUT_S, headers=headers),
+        )
+        ack = json.loads(answer.data)
+        if "error" in ack:
+            raise StorageError(f"JetStream refused a publish to {msg.topic}: {ack['error']}")
+        return PublishResult(int(ack["seq"]), bool(ack.get("duplicate")))
+
+    def publish_ephemeral(self, msg: Msg) -> None:
+        self._outbox.put_nowait((subject_of(msg.topic, 0), to_record_payload(msg)))
+
+    async def _send_ephemeral(self) -> None:
+        while True:
+            subject, payload = await self._outbox.get()
+            try:
+                await self.nc.publish(subject, payload)
+            except NatsError as exc:  # ephemeral is at-most-once: count it lost, carry on
+                log.warning("ephemeral message to %s lost: %r", subject, exc)
+
+    async def _on_ephemeral(self, raw: NatsMsg) -> None:
+        msg = _decode(raw.subject, 0, raw.data)
+        msg = msgspec.structs.replace(msg, offset=None)
+        for callback in self._ephemeral_callbacks:
+            callback(msg)
+
+    def on_commit(self, callback: CommitCallback, interested: Callable[[str], bool] | None = None) -> None:
+        self._commit_callbacks.append((callback, interested))
+
+    def on_ephemeral(self, callback: EphemeralCallback) -> None:
+        self._ephemeral_callbacks.append(callback)
+
+    def _announce(self, subject: str, seq: int, data: bytes) -> None:
+        topic = topic_of(subject)
+        self._announced[topic] = seq
+        msg: Msg | None = None
+        for callback, interested in self._commit_callbacks:
+            if interested is None or interested(topic):
+                if msg is None:
+                    msg = _decode(subject, seq, data)
+                callback(msg)
+
+    # -- reading ------------------------------------------------------------
+
+    def _stream(self, topic: str) -> str:
+        return stream_of(topic.split("/", 1)[0], shard_of(topic, self.shards))
+
+    async def read(self, topic: str, after: int, limit: int = 1000) -> list[Msg]:
+        # Direct gets may be answered by a replica that lags the leader; this
+        # engine has announced ``announced`` already, so a short read must reach it.
+        want = self._announced.get(topic, 0)
+
+        async def read() -> list[Msg]:
+            msgs = await self._read_batch(topic, after, limit)
+            last = msgs[-1].offset if msgs else after
+            if len(msgs) < limit and last is not None and last < want:
+                raise _Stale(f"read {topic} through {last}, announced {want}")
+            return msgs
+
+        return await _retry(f"read {topic}", read)
+
+    async def _read_batch(self, topic: str, after: int, limit: int) -> list[Msg]:
+        subject = subject_of(topic, self.shards)
+        request = {"seq": after + 1, "next_by_subj": subject, "batch": limit}
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            await self.nc.publish(
+                f"{API}.DIRECT.GET.{self._stream(topic)}", json.dumps(request).encode(), inbox
+            )
+            out: list[Msg] = []
+            while True:
+                raw = await sub.next_msg(timeout=REQUEST_TIMEOUT_S)
+                status = raw.headers.get("Status") if raw.headers else None
+                if status is not None:
+                    if status in ("204", "404"):  # end of batch; nothing there
+                        return out
+                    raise StorageError(f"reading {topic}: status {status} {raw.headers}")
+                assert raw.headers is not None
+                out.append(_decode(subject, int(raw.headers["Nats-Sequence"]), raw.data))
+        finally:
+            await sub.unsubscribe()
+
+    async def _get(self, topic: str, request: dict[str, Any]) -> int | None:
+        """The sequence of the message a get finds, or None.
+
+        Asked of the stream leader (``STREAM.MSG.GET``), not of any replica as a
+        direct get may be: a replica that has not yet applied a retention
+        removal would make ``trimmed_through`` miss it and hide the gap.
+        """
+        stream, payload = self._stream(topic), json.dumps(request).encode()
+        answer = await _retry(
+            f"look up {topic}",
+            lambda: self._api(f"STREAM.MSG.GET.{stream}", payload, allow=(NO_MESSAGE_FOUND,)),
+        )
+        if "error" in answer:
+            return None
+        return int(answer["message"]["seq"])
+
+    async def head(self, topic: str) -> int:
+        last = await self._get(topic, {"last_by_subj": subject_of(topic, self.shards)})
+        return max(last or 0, self._announced.get(topic, 0))
+
+    async def trimmed_through(self, topic: str) -> int:
+        """What retention removed, as JetStream lets us see it (``docs/scaling.md``).
+
+        JetStream does not say which sequences of a subject it removed. Removal
+        is always of a topic's oldest messages, so: with ``max_messages`` and
+        the topic at that count, everything below its first retained message
+        may have been removed; with ``max_age``, everything below the stream's
+        first sequence was. The answer may cover sequences that never were this
+        topic's, never one that still is.
+        """
+        policy = self._retention(topic)
+        if policy.max_messages is None and policy.max_age_ms is None:
+            return 0
+        subject = subject_of(topic, self.shards)
+        state = await self._stream_state(self._stream(topic), subject)
+        first = await self._get(topic, {"seq": 1, "next_by_subj": subject})
+        trimmed = 0
+        if policy.max_age_ms is not None:
+            trimmed = int(state["first_seq"]) - 1
+        count = int(state.get("subjects", {}).get(subject, 0))
+        if policy.max_messages is not None and count >= policy.max_messages and first is not None:
+            trimmed = max(trimmed, first - 1)
+        return trimmed if first is None else min(trimmed, first - 1)
+
+    async def _stream_state(self, stream: str, subjects_filter: str, offset: int = 0) -> dict[str, Any]:
+        request = json.dumps({"subjects_filter": subjects_filter, "offset": offset}).encode()
+        info = await _retry(f"stream info {stream}", lambda: self._api(f"STREAM.INFO.{stream}", request))
+        state: dict[str, Any] = info["state"]
+        state["_total"] = info.get("total", 0)
+        return state
+
+    async def offset_at_time(self, topic: str, ts_ms: int) -> int:
+        # JetStream's own timestamps (stored when the stream leader received the
+        # message), within milliseconds of the gateway's ``ts``.
+        when = datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+        found = await self._get(topic, {"start_time": when, "next_by_subj": subject_of(topic, self.shards)})
+        return await self.head(topic) if found is None else found - 1
+
+    async def topics(self, matching: str = ">") -> list[str]:
+        first = matching.split("/", 1)[0]
+        namespaces = sorted(DURABLE_NAMESPACES) if first in ("*", ">") else [first]
+        out: list[str] = []
+        for ns in namespaces:
+            if ns not in DURABLE_NAMESPACES:
+                continue
+            for shard in range(self.shards):
+                stream = stream_of(ns, shard)
+                offset = 0
+                while True:
+                    state = await self._stream_state(stream, f"tidings.{shard}.{ns}.>", offset)
+                    subjects = state.get("subjects") or {}
+                    out.extend(t for s in subjects if matches(matching, t := topic_of(s)))
+                    offset += len(subjects)
+                    if not subjects or offset >= state["_total"]:
+                        break
+        return out
+
+    # -- cursors ------------------------------------------------------------
+
+    async def load_cursor(self, key: str) -> CursorState | None:
+        assert self._kv is not None, "start() first"
+        kv = self._kv
+
+        async def load() -> bytes | None:
+            try:
+                return (await kv.get(_kv_key(key))).value
+            except NotFoundError:  # a key-value "not found" is a JetStream API error
+                return None
+
+        value = await _retry("load a cursor", load)
+        return None if value is None else msgspec.json.decode(value, type=CursorState)
+
+    async def save_cursors(self, states: dict[str, CursorState]) -> None:
+        kv = self._kv
+        assert kv is not None, "start() first"
+
+        async def save(key: str, state: CursorState) -> None:
+            await _retry("save a cursor", lambda: kv.put(_kv_key(key), msgspec.json.encode(state)))
+
+        await asyncio.gather(*(save(k, s) for k, s in states.items()))
+
+
+def _kv_key(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=") or "_"
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("nats: %r", exc)
+
+
+async def _retry(what: str, call: Callable[[], Awaitable[T]], for_s: float = RETRY_FOR_S) -> T:
+    """Await ``call()`` until it stops raising a transient NATS error, for at most ``for_s``.
+
+    Timeouts and "no responders" are what a leader election looks like from a
+    client (FIELD-NOTES: up to ~5 s); then ``RetryLater``. Anything else NATS
+    raises is a ``StorageError``.
+    """
+    deadline = time.monotonic() + for_s
+    delay = 0.05
+    while True:
+        try:
+            return await call()
+        except (NatsTimeout, NoRespondersError, TimeoutError, _Stale) as exc:
+            if time.monotonic() + delay > deadline:
+                raise RetryLater(f"{what}: NATS did not answer for {for_s} s ({exc!r})", 1000) from None
+        except (NatsError, JsError) as exc:
+            raise StorageError(f"{what}: {exc!r}") from None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+class _Stale(Exception):
+    """A replica answered with less than this engine has already announced."""
+
+
+class _Tail:
+    """Follows one stream in sequence order from where it stood, and announces each message.
+
+    An ephemeral, in-memory, R1 push consumer with flow control and heartbeats.
+    When heartbeats stop (its node died) or a consumer sequence is skipped, it
+    is replaced by a new one starting after the last sequence announced, so
+    every message is announced exactly once and in order.
+    """
+
+    def __init__(self, engine: NatsEngine, stream: str, last: int) -> None:
+        self.engine = engine
+        self.stream = stream
+        self.last = last
+        self._cseq = 0
+        self._seen = time.monotonic()
+        self._sub: NatsSubscription | None = None
+        self._consumer = ""
+        self._watch: asyncio.Task[None] | None = None
+        self._resetting = False
+        self._generation = 0
+        self._resets: set[asyncio.Future[None]] = set()
+
+    async def start(self) -> None:
+        await self._create()
+        self._watch = asyncio.create_task(self._watchdog(), name=f"tidings-tail-{self.stream}")
+
+    async def stop(self) -> None:
+        for task in [self._watch, *self._resets]:
+            if task is None:
+                continue
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sub is not None:
+            with contextlib.suppress(NatsError):
+                await self._sub.unsubscribe()
+
+    async def _create(self) -> None:
+        nc = self.engine.nc
+        if self._sub is not None:
+            with contextlib.suppress(NatsError):
+                await self._sub.unsubscribe()
+        inbox = nc.new_inbox()
+        self._sub = await nc.subscribe(inbox, cb=self._on_msg)
+        self._cseq = 0
+        self._generation += 1
+        self._consumer = f"tail-{uuid.uuid4().hex[:16]}"
+        config = {
+            "name": self._consumer,
+            "deliver_subject": inbox,
+            "deliver_policy": "by_start_sequence",
+            "opt_start_seq": self.last + 1,
+            "ack_policy": "none",
+            "max_deliver": 1,
+            "flow_control": True,
+            "idle_heartbeat": int(HEARTBEAT_S * 1e9),
+            "mem_storage": True,
+            "num_replicas": 1,
+            "inactive_threshold": int(5 * HEARTBEAT_S * 1e9),
+        }
+        request = json.dumps({"stream_name": self.stream, "config": config}).encode()
+        call = f"CONSUMER.CREATE.{self.stream}.{self._consumer}"
+        await _retry(f"follow {self.stream}", lambda: self.engine._api(call, request), for_s=60.0)
+        self._seen = time.monotonic()
+
+    async def _on_msg(self, raw: NatsMsg) -> None:
+        self._seen = time.monotonic()
+        headers = raw.headers or {}
+        if headers.get("Status") == "100":  # heartbeat or flow control
+            if raw.reply:
+                await self.engine.nc.publish(raw.reply)
+            last_consumer = headers.get("Nats-Last-Consumer")
+            if last_consumer is not None and int(last_consumer) != self._cseq and not self._resetting:
+                self._reset_soon("heartbeat shows a missed message")
+            return
+        if not raw.reply.startswith("$JS.ACK.") or self._resetting:
+            return
+        tokens = raw.reply.split(".")
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
+        sseq, cseq = int(tokens[-4]), int(tokens[-3])
+        if tokens[3] != self._consumer:
+            return  # a late message of a replaced consumer
+        if cseq != self._cseq + 1:
+            self._reset_soon(f"consumer sequence {cseq} after {self._cseq}")
+            return
+        self._cseq = cseq
+        if sseq <= self.last:
+            return
+        self.last = sseq
+        self.engine._announce(raw.subject, sseq, raw.data)
+
+    def _reset_soon(self, why: str) -> None:
+        """Replace the consumer, from a task of its own: the message callback's task
+        is cancelled when its subscription is replaced."""
+        if not self._resetting:
+            self._resetting = True
+            self._resets.add(task := asyncio.ensure_future(self._reset(why)))
+            task.add_done_callback(self._resets.discard)
+
+    async def _reset(self, why: str) -> None:
+        self._resetting = True
+        log.info("following %s again after %s: %s", self.stream, self.last, why)
+        try:
+            await self._create()
+        except (RetryLater, StorageError) as exc:
+            log.warning("following %s: %s; will try again", self.stream, exc)
+        finally:
+            self._resetting = False
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            if time.monotonic() - self._seen > 3 * HEARTBEAT_S and not self._resetting:
+                await self._reset("no heartbeat")

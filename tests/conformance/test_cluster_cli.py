@@ -1,0 +1,55 @@
+"""``tidings cluster up`` starts 3 nodes and 2 gateways that serve one log; ``down`` stops them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import tidings
+from tests.conftest import UNIT
+from tidings.cluster import free_ports
+
+
+def tidings_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tidings", *args], capture_output=True, text=True, timeout=120 * UNIT
+    )
+
+
+async def test_cluster_up_serves_one_log_through_both_gateways_and_down_stops_it(tmp_path: Path) -> None:
+    state = tmp_path / "cluster"
+    port = free_ports(1)[0]
+    up = tidings_cli("cluster", "up", "--state-dir", str(state), "--port", str(port))
+    assert up.returncode == 0, up.stderr + up.stdout
+    gateways = re.findall(r"gateway: (ws://\S+)", up.stdout)
+    assert gateways == [f"ws://127.0.0.1:{port}/", f"ws://127.0.0.1:{port + 1}/"]
+    token = re.search(r"TIDINGS_TOKEN=(\S+)", up.stdout)
+    assert token is not None and "sync_interval: always" in up.stdout
+    pids = [int(p.read_text()) for p in state.glob("*.pid")]
+    assert len(pids) == 5
+    assert "sync_interval: always" in (state / "n1.conf").read_text()
+    try:
+        again = tidings_cli("cluster", "up", "--state-dir", str(state), "--port", str(port))
+        assert again.returncode == 1 and "already running" in again.stderr
+        async with (
+            tidings.connect(gateways[0], token.group(1)) as a,
+            tidings.connect(gateways[1], token.group(1)) as b,
+        ):
+            ack = await a.publish("conv/cli/chat", {"hello": 1}, id="first")
+            again_ack = await b.publish("conv/cli/chat", {"hello": 1}, id="first")
+            assert (again_ack.offset, again_ack.duplicate) == (ack.offset, True)
+    finally:
+        down = tidings_cli("cluster", "down", "--state-dir", str(state))
+    assert down.returncode == 0, down.stderr
+    assert "gw1" in down.stdout and "n3" in down.stdout
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except OSError:
+            alive = False
+        assert not alive, f"pid {pid} still running after cluster down"
+    assert not list(state.glob("*.pid"))
