@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -17,13 +18,20 @@ from types import TracebackType
 
 from tidings.metrics import percentile
 
-__all__ = ["BenchServer", "free_port", "percentile", "pin_to"]
+__all__ = ["BenchServer", "free_port", "percentile", "pin_to", "raise_fd_limit"]
 
 
 def pin_to(core: int) -> None:
     """Pin this process to one core when the machine has more than one."""
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {core})
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Let this process open ``needed`` files (as far as the hard limit allows)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
 def free_port() -> int:

@@ -8,14 +8,13 @@ to its own live topic), then reads the server's resident memory. The figure is
 from __future__ import annotations
 
 import asyncio
-import resource
 import time
 from typing import Any
 
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from tidings.bench.harness import BenchServer, pin_to
+from tidings.bench.harness import BenchServer, pin_to, raise_fd_limit
 
 
 class Idle(WSListener):
@@ -34,12 +33,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
 async def _connect_all(url: str, n: int, parallel: int = 200) -> tuple[list[WSTransport], float]:
