@@ -150,19 +150,20 @@ async def _worker(
     await asyncio.sleep(0.1)
 
 
-def _worker_main(pipe: Connection, pin: bool, *args: Any) -> None:
+def _worker_main(pipe: Connection, pin: bool, use_uvloop: bool, *args: Any) -> None:
     if pin:
         pin_to(1)
     raise_fd_limit(1 << 20)
-    uvloop.run(_worker(pipe, *args))
+    (uvloop.run if use_uvloop else asyncio.run)(_worker(pipe, *args))
 
 
 class Swarm:
     """``with Swarm(connect, url, agents=1000, conversations=100) as swarm: swarm.step(rate)``.
 
     Agent ``i`` talks in conversation ``i % conversations``; each conversation
-    has ``agents // conversations`` members. Raises ``RuntimeError`` when a
-    worker fails to connect its agents.
+    has ``agents // conversations`` members. ``parallel`` bounds the connects in
+    flight per worker; ``use_uvloop=False`` runs the workers on asyncio's own loop.
+    Raises ``RuntimeError`` when a worker fails to connect its agents.
     """
 
     def __init__(
@@ -175,6 +176,7 @@ class Swarm:
         body_bytes: int = 200,
         pin: bool = True,
         parallel: int = 100,
+        use_uvloop: bool = True,
     ) -> None:
         if agents % conversations:
             raise ValueError("agents must be a multiple of conversations")
@@ -188,7 +190,19 @@ class Swarm:
             first = w * agents // processes
             count = (w + 1) * agents // processes - first
             parent, child = ctx.Pipe()
-            args = (child, pin, connect, url, first, count, conversations, self.members, body_bytes, parallel)
+            args = (
+                child,
+                pin,
+                use_uvloop,
+                connect,
+                url,
+                first,
+                count,
+                conversations,
+                self.members,
+                body_bytes,
+                parallel,
+            )
             proc = ctx.Process(target=_worker_main, args=args, daemon=True)
             proc.start()
             child.close()
@@ -222,7 +236,11 @@ class Swarm:
             cpu = -cpu_seconds()
             time.sleep(duration)
             cpu += cpu_seconds()
-        results = [pipe.recv() for pipe in self._pipes]
+        results = []
+        for pipe in self._pipes:
+            if not pipe.poll(warmup + duration + drain + 60):
+                raise RuntimeError("a swarm worker did not report its step")
+            results.append(pipe.recv())
         published = sum(r["published"] for r in results)
         delivered = sum(r["delivered"] for r in results)
         lat = array("d")
