@@ -63,22 +63,27 @@ def run(connections: int = 10_000, pin: bool = True) -> dict[str, Any]:
     with BenchServer(env={"TIDINGS_MAX_SUBSCRIPTIONS": "10"}) as server:
         time.sleep(0.5)
         before = rss_bytes(server.proc.pid)
+        cpu0 = server.cpu_seconds()
 
         async def go() -> dict[str, Any]:
             transports, seconds = await _connect_all(server.url, connections)
+            cpu = server.cpu_seconds() - cpu0
             await asyncio.sleep(1.0)
             after = rss_bytes(server.proc.pid)
             for t in transports:
                 t.disconnect()
             await asyncio.sleep(0.2)
-            return {"seconds": seconds, "after": after}
+            return {"seconds": seconds, "after": after, "cpu": cpu}
 
         result = uvloop.run(go())
     return {
         "workload": "w4",
+        "system": "tidings",
         "connections": connections,
         "bytes_per_connection": round((result["after"] - before) / connections),
         "connect_seconds": round(result["seconds"], 2),
         "server_rss_before_mb": round(before / 2**20, 1),
         "server_rss_after_mb": round(result["after"] / 2**20, 1),
+        # a "message" here is one connection's set-up: upgrade, hello, sub
+        "server_cpu_us_per_msg": round(result["cpu"] * 1e6 / connections, 1),
     }
