@@ -264,10 +264,12 @@ def w3_section(res: Results, out: list[str], checks: list[str]) -> None:
             steps = w3_steps(runs)
             if steps:
                 xs = [st["offered"] for st in steps]
-                ax.plot(xs, [min(_num(st["p99"]), 1e5) for st in steps], marker="o", label=f"{s} p99")
+                p99s = [min(_num(st["p99"]), 1e5) for st in steps]
+                (line,) = ax.plot(xs, p99s, marker="o", label=f"{s} p99")
                 ax.plot(
                     xs,
                     [min(_num(st["p50"]), 1e5) for st in steps],
+                    color=line.get_color(),
                     linestyle="--",
                     alpha=0.6,
                     label=f"{s} p50",
