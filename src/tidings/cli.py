@@ -314,28 +314,39 @@ def demo(
 
 @app.command()
 def bench(
-    workload: Annotated[str, typer.Argument(help="w1 fanout, w2 durable publish, w4 capacity.")],
+    workload: Annotated[
+        str, typer.Argument(help="w1 fanout, w2 durable publish, w3 agent swarm, w4 capacity.")
+    ],
     subscribers: Annotated[int, typer.Option(help="Subscribers of the topic (w1).")] = 10,
     publishers: Annotated[int, typer.Option(help="Concurrent publishers (w2).")] = 32,
     connections: Annotated[
         int | None,
         typer.Option(help="w2: connections the publishers share (default one each); w4: how many."),
     ] = None,
+    agents: Annotated[int, typer.Option(help="Agents, one connection each (w3).")] = 1000,
+    conversations: Annotated[int, typer.Option(help="Conversations the agents share equally (w3).")] = 100,
+    rate: Annotated[
+        list[float] | None,
+        typer.Option(help="w3: publishes/s per agent; repeat for rising loads (stops once p99 >= 50 ms)."),
+    ] = None,
+    processes: Annotated[int, typer.Option(help="Load-generator processes (w3).")] = 4,
     duration: Annotated[float, typer.Option(help="Seconds to measure.")] = 5.0,
-    body_bytes: Annotated[int | None, typer.Option(help="Message body size (w1 64, w2 200).")] = None,
+    body_bytes: Annotated[int | None, typer.Option(help="Message body size (w1 64, w2 and w3 200).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run one benchmark workload against a fresh local server and print its figures."""
-    from tidings.bench import w1, w2, w4
+    from tidings.bench import w1, w2, w3, w4
 
     if workload == "w1":
         result = w1.run(subscribers=subscribers, body_bytes=body_bytes or 64, duration=duration)
     elif workload == "w2":
         result = w2.run(publishers, duration, body_bytes or 200, connections)
+    elif workload == "w3":
+        result = w3.run(agents, conversations, rate or [2.0], duration, body_bytes or 200, processes)
     elif workload == "w4":
         result = w4.run(connections=connections or 10_000)
     else:
-        typer.echo(f"error: unknown workload {workload!r} (available: w1, w2, w4)", err=True)
+        typer.echo(f"error: unknown workload {workload!r} (available: w1, w2, w3, w4)", err=True)
         raise typer.Exit(2)
     if as_json:
         print(json.dumps(result))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -14,16 +15,32 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from tidings.metrics import percentile
 
-__all__ = ["BenchServer", "free_port", "percentile", "pin_to"]
+__all__ = [
+    "BenchServer",
+    "ServerProcess",
+    "free_port",
+    "percentile",
+    "pin_to",
+    "process_cpu_seconds",
+    "raise_fd_limit",
+]
 
 
 def pin_to(core: int) -> None:
     """Pin this process to one core when the machine has more than one."""
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {core})
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Let this process open ``needed`` files (as far as the hard limit allows)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
 def free_port() -> int:
@@ -57,7 +74,59 @@ async def flood(
     return sent, time.perf_counter() - started
 
 
-class BenchServer:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (Linux)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerProcess:
+    """A server under test: ``cmd`` started on core 0; ready once a stdout line matches ``ready``.
+
+    ``match`` is that line's match. Raises ``RuntimeError`` when the process exits first.
+    """
+
+    def __init__(self, cmd: list[str], ready: str, env: dict[str, str] | None = None) -> None:
+        if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+            cmd = ["taskset", "-c", "0", *cmd]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+        )
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{cmd[0]} exited before it was ready")
+            if m := re.search(ready, line):
+                self.match = m
+                return
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server process has used so far."""
+        return process_cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class BenchServer(ServerProcess):
     """``with BenchServer() as server:`` runs ``tidings serve`` on core 0 in a fresh data dir."""
 
     def __init__(self, env: dict[str, str] | None = None, data_dir: Path | None = None) -> None:
@@ -65,38 +134,10 @@ class BenchServer:
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tidings-bench-"))
         cmd = [sys.executable, "-m", "tidings", "serve", "--port", "0", "--allow-anonymous"]
         cmd += ["--data-dir", str(self.data_dir)]
-        if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-            cmd = ["taskset", "-c", "0", *cmd]
-        full_env = {**os.environ, "TIDINGS_LOG_LEVEL": "warning", **(env or {})}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=full_env)
-        assert self.proc.stdout is not None
-        self.url = ""
-        while not self.url:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("tidings serve exited before listening")
-            if m := re.search(r"listening on (ws://\S+)", line):
-                self.url = m.group(1)
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds the server process has used so far."""
-        with open(f"/proc/{self.proc.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        super().__init__(cmd, r"listening on (ws://\S+)", {"TIDINGS_LOG_LEVEL": "warning", **(env or {})})
+        self.url = self.match.group(1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        super().stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> BenchServer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -35,6 +35,7 @@ class Counter(WSListener):
     def __init__(self, latencies: list[float] | None = None) -> None:
         self.transport: WSTransport | None = None
         self.count = 0
+        self.dropped = 0  # live deliveries the server dropped for this slow subscriber, as it told us
         self.ready = asyncio.Event()
         self.latencies = latencies
 
@@ -49,6 +50,8 @@ class Counter(WSListener):
         if self.latencies is None:
             data = frame.get_payload_as_bytes()
             self.count += data.count(b'"op":"msg"')
+            if b'"op":"dropped"' in data:
+                self._count_dropped(data)
             if b'"op":"subbed"' in data:
                 self.ready.set()
             return
@@ -60,6 +63,14 @@ class Counter(WSListener):
                 self.latencies.append((now - f["body"]) / 1e6)
             elif f.get("op") == "subbed":
                 self.ready.set()
+            elif f.get("op") == "dropped":
+                self.dropped += f["count"]
+
+    def _count_dropped(self, data: bytes) -> None:
+        decoded = _decode.decode(data)
+        for f in decoded if isinstance(decoded, list) else [decoded]:
+            if f.get("op") == "dropped":
+                self.dropped += f["count"]
 
 
 async def _subscribers(url: str, n: int, latencies: list[float] | None) -> list[Counter]:
@@ -81,15 +92,23 @@ async def saturate(url: str, subscribers: int, body_bytes: int, duration: float)
     pub.send(WSMsgType.TEXT, HELLO)
     body = json.dumps("x" * max(0, body_bytes - 2)).encode()
     batch = b"[" + b",".join([b'{"op":"pub","topic":"sig/bench/t","body":%b}' % body] * 64) + b"]"
+    # Flow control counts what the server dropped for a slow subscriber (and said so) as
+    # settled: waiting for it would stall the publisher for good.
     sent, elapsed = await flood(
-        lambda: pub.send(WSMsgType.TEXT, batch), lambda: min(s.count for s in subs), 64, duration
+        lambda: pub.send(WSMsgType.TEXT, batch), lambda: min(s.count + s.dropped for s in subs), 64, duration
     )
     delivered = sum(s.count for s in subs)
+    dropped = sum(s.dropped for s in subs)
     pub.disconnect()
     for s in subs:
         s.close()
     await asyncio.sleep(0.05)
-    return {"published": sent, "deliveries": delivered, "deliveries_per_s": round(delivered / elapsed)}
+    return {
+        "published": sent,
+        "deliveries": delivered,
+        "dropped": dropped,
+        "deliveries_per_s": round(delivered / elapsed),
+    }
 
 
 async def latency(url: str, members: int, rate: float, duration: float) -> dict[str, Any]:
@@ -144,10 +163,12 @@ def run(
         lat = uvloop.run(latency(server.url, members, rate, duration))
     return {
         "workload": "w1",
+        "system": "tidings",
         "subscribers": subscribers,
         "body_bytes": body_bytes,
         "duration_s": duration,
         "deliveries_per_s": sat["deliveries_per_s"],
+        "dropped": sat["dropped"],
         "latency_rate_per_s": rate,
         "latency_members": members,
         "p50_ms": lat["p50_ms"],

@@ -143,6 +143,7 @@ def run(
         cpu = server.cpu_seconds() - cpu0
     return {
         "workload": "w2",
+        "system": "tidings",
         "publishers": publishers,
         "duration_s": duration,
         "body_bytes": body_bytes,

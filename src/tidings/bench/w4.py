@@ -8,14 +8,13 @@ to its own live topic), then reads the server's resident memory. The figure is
 from __future__ import annotations
 
 import asyncio
-import resource
 import time
 from typing import Any
 
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from tidings.bench.harness import BenchServer, pin_to
+from tidings.bench.harness import BenchServer, pin_to, raise_fd_limit
 
 
 class Idle(WSListener):
@@ -34,12 +33,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
 async def _connect_all(url: str, n: int, parallel: int = 200) -> tuple[list[WSTransport], float]:
@@ -70,22 +63,27 @@ def run(connections: int = 10_000, pin: bool = True) -> dict[str, Any]:
     with BenchServer(env={"TIDINGS_MAX_SUBSCRIPTIONS": "10"}) as server:
         time.sleep(0.5)
         before = rss_bytes(server.proc.pid)
+        cpu0 = server.cpu_seconds()
 
         async def go() -> dict[str, Any]:
             transports, seconds = await _connect_all(server.url, connections)
+            cpu = server.cpu_seconds() - cpu0
             await asyncio.sleep(1.0)
             after = rss_bytes(server.proc.pid)
             for t in transports:
                 t.disconnect()
             await asyncio.sleep(0.2)
-            return {"seconds": seconds, "after": after}
+            return {"seconds": seconds, "after": after, "cpu": cpu}
 
         result = uvloop.run(go())
     return {
         "workload": "w4",
+        "system": "tidings",
         "connections": connections,
         "bytes_per_connection": round((result["after"] - before) / connections),
         "connect_seconds": round(result["seconds"], 2),
         "server_rss_before_mb": round(before / 2**20, 1),
         "server_rss_after_mb": round(result["after"] / 2**20, 1),
+        # a "message" here is one connection's set-up: upgrade, hello, sub
+        "server_cpu_us_per_msg": round(result["cpu"] * 1e6 / connections, 1),
     }

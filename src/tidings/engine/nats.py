@@ -50,7 +50,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import Error as JsError
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from tidings.engine.base import CommitCallback, CursorState, Engine, EphemeralCallback, PublishResult
@@ -442,8 +442,8 @@ async def _log_error(exc: Exception) -> None:
 async def _retry(what: str, call: Callable[[], Awaitable[T]], for_s: float = RETRY_FOR_S) -> T:
     """Await ``call()`` until it stops raising a transient NATS error, for at most ``for_s``.
 
-    Timeouts and "no responders" are what a leader election looks like from a
-    client (FIELD-NOTES: up to ~5 s); then ``RetryLater``. Anything else NATS
+    Timeouts, "no responders" and JetStream's 503 are what a leader election
+    looks like from a client (FIELD-NOTES: up to ~5 s); then ``RetryLater``. Anything else NATS
     raises is a ``StorageError``.
     """
     deadline = time.monotonic() + for_s
@@ -451,7 +451,7 @@ async def _retry(what: str, call: Callable[[], Awaitable[T]], for_s: float = RET
     while True:
         try:
             return await call()
-        except (NatsTimeout, NoRespondersError, TimeoutError, _Stale) as exc:
+        except (NatsTimeout, NoRespondersError, ServiceUnavailableError, TimeoutError, _Stale) as exc:
             if time.monotonic() + delay > deadline:
                 raise RetryLater(f"{what}: NATS did not answer for {for_s} s ({exc!r})", 1000) from None
         except (NatsError, JsError) as exc:
