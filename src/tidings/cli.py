@@ -76,13 +76,15 @@ async def _serve(settings: Settings) -> None:
     except TidingsError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
-    dev_token = authority.mint("dev", pub=[">"], subs=[">"], ttl=DEV_TOKEN_TTL)
-    print(f"tidings listening on {gateway.url}", flush=True)
-    print(f"dev token (agent 'dev', all topics, 24 h):\n  export TIDINGS_TOKEN={dev_token}", flush=True)
+    # Handlers first: whoever reads the lines below may send SIGTERM at once, and
+    # it must drain rather than kill the process.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    dev_token = authority.mint("dev", pub=[">"], subs=[">"], ttl=DEV_TOKEN_TTL)
+    print(f"tidings listening on {gateway.url}", flush=True)
+    print(f"dev token (agent 'dev', all topics, 24 h):\n  export TIDINGS_TOKEN={dev_token}", flush=True)
     await stop.wait()
     print("draining...", flush=True)
     await gateway.stop()
