@@ -70,7 +70,7 @@ async def _serve(settings: Settings) -> None:
     from tidings.gateway import Gateway
 
     authority = Authority.from_data_dir(settings.data_path)
-    gateway = Gateway(settings, authority, on_fatal=_storage_failed)
+    gateway = Gateway(settings, authority, engine=_fault_injection_engine(settings), on_fatal=_storage_failed)
     try:
         await gateway.start()
     except TidingsError as exc:
@@ -89,6 +89,29 @@ async def _serve(settings: Settings) -> None:
     print("draining...", flush=True)
     await gateway.stop()
     print("stopped", flush=True)
+
+
+#: Test-only, deliberately not a setting: ``module:factory`` of a ``tidings.log.FileSystem``
+#: for the durable log (the reliability suite's fault layer: simulated power cuts, failing
+#: fsyncs). Read here and nowhere else; see docs/reliability.md.
+FAULT_INJECTION_ENV = "TIDINGS_TEST_FILESYSTEM"
+
+
+def _fault_injection_engine(settings: Settings) -> Any:
+    """The embedded engine over the file system ``TIDINGS_TEST_FILESYSTEM`` names, or None."""
+    spec = os.environ.get(FAULT_INJECTION_ENV)
+    if not spec:
+        return None
+    import importlib
+
+    from tidings.engine.embedded import EmbeddedEngine
+
+    module, _, factory = spec.partition(":")
+    files = getattr(importlib.import_module(module), factory)()
+    print(f"warning: the durable log runs on the test file system {spec}", file=sys.stderr, flush=True)
+    return EmbeddedEngine(
+        settings.data_path, settings.shards, settings.retention, on_fatal=_storage_failed, files=files
+    )
 
 
 def _storage_failed(exc: BaseException) -> None:
