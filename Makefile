@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest soak bench-storage bench-fanout bench-w2 bench-nats clean
+.PHONY: demo test lint typecheck pytest soak reliability bench-storage bench-fanout bench-w2 bench-nats clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -31,6 +31,11 @@ pytest: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/pytest -m slow -p no:cacheprovider
+
+# The long reliability runs (docs/reliability.md): crash loop >= 100 kills and 1,000,000
+# acknowledged messages, >= 100 power cuts, a 5,000-client reconnect storm.
+reliability: $(STAMP)
+	TIDINGS_RELIABILITY_LONG=1 $(BIN)/pytest -m slow -p no:cacheprovider -s tests/reliability
 
 # Benchmarks print JSON lines; their figures are recorded in docs/ with these commands.
 bench-storage: $(STAMP)

@@ -68,6 +68,7 @@ class Connection(WSListener):
     # Slots: ten thousand idle connections should cost as little as possible (W4).
     __slots__ = (
         "_fragment_bytes",
+        "_fragment_text",
         "_fragments",
         "_may_publish",
         "_next_sid",
@@ -106,6 +107,7 @@ class Connection(WSListener):
         self._next_sid = 1
         self._fragments: list[bytes] | None = None
         self._fragment_bytes = 0
+        self._fragment_text = False
         self._timers: list[asyncio.TimerHandle] = []
 
     @property
@@ -134,10 +136,15 @@ class Connection(WSListener):
             return
         if kind not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
             return  # ping/pong are answered by picows itself
-        if kind is WSMsgType.CONTINUATION or not frame.fin or self._fragments is not None:
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # RFC 6455 5.2: no extension is negotiated, so a reserved bit fails the connection.
+            self.session.fail(
+                ProtocolError("reserved bits set, no extension was negotiated"), CloseCode.PROTOCOL_ERROR
+            )
+        elif kind is WSMsgType.CONTINUATION or not frame.fin or self._fragments is not None:
             self._on_fragment(frame)
         else:
-            self.session.receive_data(frame.get_payload_as_memoryview())
+            self.session.receive_data(frame.get_payload_as_memoryview(), kind is WSMsgType.TEXT)
         self._process()
 
     def pause_writing(self) -> None:
@@ -201,6 +208,7 @@ class Connection(WSListener):
             return
         if self._fragments is None:
             self._fragments, self._fragment_bytes = [], 0
+            self._fragment_text = frame.msg_type is WSMsgType.TEXT
         self._fragment_bytes += frame.payload_size
         limit = self.gateway.settings.max_frame_bytes
         if self._fragment_bytes > limit:
@@ -213,7 +221,7 @@ class Connection(WSListener):
         self._fragments.append(frame.get_payload_as_bytes())
         if frame.fin:
             data, self._fragments = b"".join(self._fragments), None
-            self.session.receive_data(data)
+            self.session.receive_data(data, self._fragment_text)
 
     def _process(self) -> None:
         for frame in self.session.events_received():
@@ -284,10 +292,11 @@ class Connection(WSListener):
     def _on_sub(self, sub: f.Sub) -> None:
         assert self.grants is not None
         settings = self.gateway.settings
-        pattern = validate_pattern(sub.topic, settings.max_topic_length)
-        self.grants.check_subscribe(pattern)
+        # The limit first: it is the cheapest refusal, and a flood of subs past it costs little.
         if len(self.subs) >= settings.max_subscriptions:
             raise LimitExceeded(f"this connection already has {len(self.subs)} subscriptions (the limit)")
+        pattern = validate_pattern(sub.topic, settings.max_topic_length)
+        self.grants.check_subscribe(pattern)
         if sub.consumer is not None and not sub.consumer.strip():
             raise InvalidFrame("consumer name must not be empty")
         for name in ("max_inflight", "ack_wait_ms"):
