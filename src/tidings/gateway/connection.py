@@ -126,22 +126,29 @@ class Connection(WSListener):
         self._timers.append(loop.call_later(self.gateway.settings.hello_timeout, self._hello_deadline))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        kind = frame.msg_type
-        if kind is WSMsgType.CLOSE:
-            # Echo the peer's code (RFC 6455 5.5.1); a close without one is answered 1000,
-            # never with picows' placeholder 0, which may not appear on the wire.
-            code = frame.get_close_code()
-            transport.send_close(WSCloseCode.OK if code is WSCloseCode.NO_INFO else code)
-            transport.disconnect()
-            return
-        if kind not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
-            return  # ping/pong are answered by picows itself
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
             # RFC 6455 5.2: no extension is negotiated, so a reserved bit fails the connection.
             self.session.fail(
                 ProtocolError("reserved bits set, no extension was negotiated"), CloseCode.PROTOCOL_ERROR
             )
-        elif kind is WSMsgType.CONTINUATION or not frame.fin or self._fragments is not None:
+            self._process()
+            return
+        kind = frame.msg_type
+        if kind is WSMsgType.CLOSE:
+            # Echo the peer's code (RFC 6455 5.5.1); a close without one is answered 1000,
+            # never with picows' placeholder 0, which may not appear on the wire.
+            code = frame.get_close_code()
+            if frame.payload_size == 0:
+                code = WSCloseCode.OK
+            elif not _may_be_sent(code.value):
+                # RFC 6455 7.4: 1005, 1006, 1015 and unassigned codes never appear on the wire.
+                code = WSCloseCode.PROTOCOL_ERROR
+            transport.send_close(code)
+            transport.disconnect()
+            return
+        if kind not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            return  # ping/pong are answered by picows itself
+        if kind is WSMsgType.CONTINUATION or not frame.fin or self._fragments is not None:
             self._on_fragment(frame)
         else:
             self.session.receive_data(frame.get_payload_as_memoryview(), kind is WSMsgType.TEXT)
@@ -409,3 +416,8 @@ class Connection(WSListener):
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         self.session.close(code, reason)
         self.gateway.mark_dirty(self)
+
+
+def _may_be_sent(code: int) -> bool:
+    """Whether a peer may put ``code`` in a close frame (RFC 6455 7.4.1-7.4.2, IANA registry)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
