@@ -290,6 +290,7 @@ class Connection(WSListener):
                 ),
                 rid=hello.rid,
                 heartbeat_ms=int(gw.heartbeat_s * 1000),
+                time=time.time_ns() // 1_000_000,
             )
         )
         if self.grants.expires_at is not None:
