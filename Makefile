@@ -35,7 +35,8 @@ soak: $(STAMP)
 # The long reliability runs (docs/reliability.md): crash loop >= 100 kills and 1,000,000
 # acknowledged messages, >= 100 power cuts, a 5,000-client reconnect storm.
 reliability: $(STAMP)
-	TIDINGS_RELIABILITY_LONG=1 $(BIN)/pytest -m slow -p no:cacheprovider -s tests/reliability
+	TIDINGS_RELIABILITY_LONG=1 $(BIN)/pytest -m slow -p no:cacheprovider -s tests/reliability/test_crash_loop.py
+	TIDINGS_RELIABILITY_LONG=1 $(BIN)/pytest -m slow -p no:cacheprovider -s tests/reliability/test_storm.py
 
 # Benchmarks print JSON lines; their figures are recorded in docs/ with these commands.
 bench-storage: $(STAMP)

@@ -68,7 +68,10 @@ async def test_sigkill_crash_loop_long(tmp_path: Path) -> None:
 @pytest.mark.timeout(7200)
 @pytest.mark.skipif(not LONG, reason="make reliability")
 async def test_power_cut_loop_long(tmp_path: Path) -> None:
-    result = await run_crash_loop(tmp_path, cycles=100, kill="power", seed=22, progress=True)
+    # 0.5-2 s apart (not 5): the cuts are the point here, and a shorter log restarts faster.
+    result = await run_crash_loop(
+        tmp_path, cycles=100, kill="power", publishers=2, inflight=16, gap=(0.5, 2.0), seed=22, progress=True
+    )
     _verdict(result)
     assert result.cycles >= 100
 
