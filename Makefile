@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest soak bench bench-quick bench-storage bench-fanout bench-w2 bench-nats clean
+.PHONY: demo test lint typecheck pytest soak reliability bench bench-quick bench-storage bench-fanout bench-w2 bench-nats clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -45,6 +45,11 @@ bench: $(BENCH_STAMP)
 # One short run of everything (about 3 minutes), to check the machinery; results go to /tmp.
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --quick --out /tmp/tidings-bench-quick
+# The long reliability runs (docs/reliability.md): crash loop >= 100 kills and 1,000,000
+# acknowledged messages, >= 100 power cuts, a 5,000-client reconnect storm.
+reliability: $(STAMP)
+	TIDINGS_RELIABILITY_LONG=1 $(BIN)/pytest -m slow -p no:cacheprovider -s tests/reliability/test_crash_loop.py
+	TIDINGS_RELIABILITY_LONG=1 $(BIN)/pytest -m slow -p no:cacheprovider -s tests/reliability/test_storm.py
 
 # Benchmarks print JSON lines; their figures are recorded in docs/ with these commands.
 bench-storage: $(STAMP)

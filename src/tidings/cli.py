@@ -87,7 +87,9 @@ async def _serve(settings: Settings, control: bool = True) -> None:
 
     authority = Authority.from_data_dir(settings.data_path)
     try:
-        gateway = Gateway(settings, authority, on_fatal=_storage_failed)
+        gateway = Gateway(
+            settings, authority, engine=_fault_injection_engine(settings), on_fatal=_storage_failed
+        )
         await gateway.start()
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -176,6 +178,29 @@ async def _control(settings: Settings) -> None:
     await stop.wait()
     await plane.stop()
     await engine.stop()
+
+
+#: Test-only, deliberately not a setting: ``module:factory`` of a ``tidings.log.FileSystem``
+#: for the durable log (the reliability suite's fault layer: simulated power cuts, failing
+#: fsyncs). Read here and nowhere else; see docs/reliability.md.
+FAULT_INJECTION_ENV = "TIDINGS_TEST_FILESYSTEM"
+
+
+def _fault_injection_engine(settings: Settings) -> Any:
+    """The embedded engine over the file system ``TIDINGS_TEST_FILESYSTEM`` names, or None."""
+    spec = os.environ.get(FAULT_INJECTION_ENV)
+    if not spec:
+        return None
+    import importlib
+
+    from tidings.engine.embedded import EmbeddedEngine
+
+    module, _, factory = spec.partition(":")
+    files = getattr(importlib.import_module(module), factory)()
+    print(f"warning: the durable log runs on the test file system {spec}", file=sys.stderr, flush=True)
+    return EmbeddedEngine(
+        settings.data_path, settings.shards, settings.retention, on_fatal=_storage_failed, files=files
+    )
 
 
 def _storage_failed(exc: BaseException) -> None:

@@ -25,6 +25,8 @@ from tidings.log.types import RetentionPolicy
 
 ENV_PREFIX = "TIDINGS_"
 DEFAULT_CONTROL_PORT = 7701
+#: settings that are lists: comma-separated in the environment
+LIST_FIELDS = frozenset({"allowed_origins"})
 
 
 class NamespacePolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -91,6 +93,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: the control plane's HTTP port (0: any free port); ``tidings serve`` starts it.
     #: Unset: 7701, or any free port when ``port`` is 0 (so test servers never collide)
     control_port: int | None = None
+    #: browser origins (``scheme://host[:port]``) allowed to open a WebSocket; a handshake
+    #: whose ``Origin`` header is not listed is refused with HTTP 403. Empty: no check.
+    #: Requests without ``Origin`` (non-browser clients) are never refused by it.
+    #: Environment: ``TIDINGS_ALLOWED_ORIGINS=https://a.example,https://b.example``.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
     log_level: str = "info"
     #: send each connection's frames of one event-loop turn as one WebSocket
     #: message. Turn off only to measure what coalescing buys (bench/fanout.py).
@@ -158,7 +165,7 @@ def load_settings(
     for name in Settings.__struct_fields__:
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None:
-            values[name] = raw
+            values[name] = [v.strip() for v in raw.split(",") if v.strip()] if name in LIST_FIELDS else raw
     values.update({k: v for k, v in overrides.items() if v is not None})
     # A [namespaces.X] table changes the fields it names and keeps the other defaults.
     namespaces = {k: msgspec.to_builtins(v) for k, v in default_namespaces().items()}

@@ -76,6 +76,7 @@ class Connection(WSListener):
     # Slots: ten thousand idle connections should cost as little as possible (W4).
     __slots__ = (
         "_fragment_bytes",
+        "_fragment_text",
         "_fragments",
         "_joining",
         "_may_publish",
@@ -115,6 +116,7 @@ class Connection(WSListener):
         self._next_sid = 1
         self._fragments: list[bytes] | None = None
         self._fragment_bytes = 0
+        self._fragment_text = False
         self._timers: list[asyncio.TimerHandle] = []
         self._joining: set[asyncio.Future[None]] = set()
 
@@ -134,12 +136,24 @@ class Connection(WSListener):
         self._timers.append(loop.call_later(self.gateway.settings.hello_timeout, self._hello_deadline))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # RFC 6455 5.2: no extension is negotiated, so a reserved bit fails the connection.
+            self.session.fail(
+                ProtocolError("reserved bits set, no extension was negotiated"), CloseCode.PROTOCOL_ERROR
+            )
+            self._process()
+            return
         kind = frame.msg_type
         if kind is WSMsgType.CLOSE:
             # Echo the peer's code (RFC 6455 5.5.1); a close without one is answered 1000,
             # never with picows' placeholder 0, which may not appear on the wire.
             code = frame.get_close_code()
-            transport.send_close(WSCloseCode.OK if code is WSCloseCode.NO_INFO else code)
+            if frame.payload_size == 0:
+                code = WSCloseCode.OK
+            elif not _may_be_sent(code.value):
+                # RFC 6455 7.4: 1005, 1006, 1015 and unassigned codes never appear on the wire.
+                code = WSCloseCode.PROTOCOL_ERROR
+            transport.send_close(code)
             transport.disconnect()
             return
         if kind not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
@@ -147,7 +161,7 @@ class Connection(WSListener):
         if kind is WSMsgType.CONTINUATION or not frame.fin or self._fragments is not None:
             self._on_fragment(frame)
         else:
-            self.session.receive_data(frame.get_payload_as_memoryview())
+            self.session.receive_data(frame.get_payload_as_memoryview(), kind is WSMsgType.TEXT)
         self._process()
 
     def pause_writing(self) -> None:
@@ -211,6 +225,7 @@ class Connection(WSListener):
             return
         if self._fragments is None:
             self._fragments, self._fragment_bytes = [], 0
+            self._fragment_text = frame.msg_type is WSMsgType.TEXT
         self._fragment_bytes += frame.payload_size
         limit = self.gateway.settings.max_frame_bytes
         if self._fragment_bytes > limit:
@@ -223,7 +238,7 @@ class Connection(WSListener):
         self._fragments.append(frame.get_payload_as_bytes())
         if frame.fin:
             data, self._fragments = b"".join(self._fragments), None
-            self.session.receive_data(data)
+            self.session.receive_data(data, self._fragment_text)
 
     def _process(self) -> None:
         for frame in self.session.events_received():
@@ -290,6 +305,7 @@ class Connection(WSListener):
                 ),
                 rid=hello.rid,
                 heartbeat_ms=int(gw.heartbeat_s * 1000),
+                time=time.time_ns() // 1_000_000,
             )
         )
         if self.grants.expires_at is not None:
@@ -313,10 +329,11 @@ class Connection(WSListener):
     def _on_sub(self, sub: f.Sub) -> None:
         assert self.grants is not None
         settings = self.gateway.settings
-        pattern = validate_pattern(sub.topic, settings.max_topic_length)
-        self.grants.check_subscribe(pattern)
+        # The limit first: it is the cheapest refusal, and a flood of subs past it costs little.
         if len(self.subs) >= settings.max_subscriptions:
             raise LimitExceeded(f"this connection already has {len(self.subs)} subscriptions (the limit)")
+        pattern = validate_pattern(sub.topic, settings.max_topic_length)
+        self.grants.check_subscribe(pattern)
         if sub.consumer is not None and not sub.consumer.strip():
             raise InvalidFrame("consumer name must not be empty")
         for name in ("max_inflight", "ack_wait_ms"):
@@ -513,3 +530,8 @@ def _checked_capabilities(capabilities: list[str]) -> list[str]:
     if any(not isinstance(c, str) or not c or len(c) > MAX_LABEL for c in capabilities):
         raise InvalidFrame(f"each capability is a non-empty string of at most {MAX_LABEL} characters")
     return capabilities
+
+
+def _may_be_sent(code: int) -> bool:
+    """Whether a peer may put ``code`` in a close frame (RFC 6455 7.4.1-7.4.2, IANA registry)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999

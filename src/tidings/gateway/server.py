@@ -82,6 +82,7 @@ class Gateway:
         self._drained = asyncio.Event()
         self._id_prefix = f"g{uuid.uuid4().hex[:12]}-"
         self._id_counter = itertools.count(1)
+        self._origins = frozenset(o.lower().rstrip("/") for o in settings.allowed_origins)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -152,6 +153,11 @@ class Gateway:
         if path in HEALTH_PATHS and "upgrade" not in request.headers.get("Connection", "").lower():
             ok = WSUpgradeResponse.create_ok_response(b"ok\n")
             return WSUpgradeResponseWithListener(ok, None)
+        origin = request.headers.get("Origin")
+        if origin is not None and self._origins and origin.lower() not in self._origins:
+            # A browser page from a site we do not serve (cross-site WebSocket hijacking).
+            forbidden = WSUpgradeResponse.create_error_response(403, b"origin not allowed\n")
+            return WSUpgradeResponseWithListener(forbidden, None)
         offered = _offered_subprotocols(request.headers.getall("Sec-WebSocket-Protocol", []))
         chosen = negotiate(offered)
         if chosen is None:

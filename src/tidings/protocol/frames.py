@@ -153,6 +153,9 @@ class Welcome(msgspec.Struct, tag="welcome", **_FRAME):
     limits: Limits
     rid: int | None = None
     heartbeat_ms: int = 0
+    #: the server's wall clock when it sent this (ms since the epoch); 0 if unknown.
+    #: Clients resume time-based replays by it, never by their own clock.
+    time: int = 0
 
 
 class Subbed(msgspec.Struct, tag="subbed", **_FRAME):

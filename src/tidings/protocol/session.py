@@ -31,7 +31,7 @@ from typing import Final, Generic, TypeVar
 
 import msgspec
 
-from tidings.errors import FrameTooLarge, ProtocolError, TidingsError
+from tidings.errors import FrameTooLarge, InvalidFrame, ProtocolError, TidingsError
 from tidings.protocol import frames as f
 from tidings.protocol.codec import MAX_BATCH, Codec, client_codec, server_codec
 
@@ -51,6 +51,7 @@ class CloseCode:
     NORMAL: Final = 1000
     GOING_AWAY: Final = 1001  # server shutting down: reconnect elsewhere
     PROTOCOL_ERROR: Final = 1002
+    INVALID_PAYLOAD: Final = 1007  # a text message that is not UTF-8 (RFC 6455 8.1)
     POLICY_VIOLATION: Final = 1008  # no hello in time, bad token, frames before hello
     MESSAGE_TOO_BIG: Final = 1009
     INTERNAL_ERROR: Final = 1011
@@ -103,8 +104,8 @@ class Session(Generic[E]):
 
     # -- incoming --------------------------------------------------------
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed one WebSocket message. Then call ``events_received()``."""
+    def receive_data(self, data: bytes | bytearray | memoryview, text: bool = False) -> None:
+        """Feed one WebSocket message (``text``: it came in text frames). Then call ``events_received()``."""
         if self.state in (State.CLOSING, State.CLOSED):
             return
         try:
@@ -112,7 +113,12 @@ class Session(Generic[E]):
         except FrameTooLarge as exc:
             self.fail(exc, CloseCode.MESSAGE_TOO_BIG)
         except ProtocolError as exc:
-            self._on_bad_frame(exc)
+            # RFC 6455 8.1: a text message that is not UTF-8 fails the connection (1007).
+            # Checked only here, on the error path: a message that decoded was valid.
+            if text and not _is_utf8(data):
+                self.fail(InvalidFrame("text message is not valid UTF-8"), CloseCode.INVALID_PAYLOAD)
+            else:
+                self._on_bad_frame(exc)
 
     def _on_bad_frame(self, exc: ProtocolError) -> None:
         self.fail(exc, CloseCode.PROTOCOL_ERROR)
@@ -213,6 +219,14 @@ class Session(Generic[E]):
         self._incoming.clear()
         self._outgoing.clear()
         self._outgoing_bytes = 0
+
+
+def _is_utf8(data: bytes | bytearray | memoryview) -> bool:
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def error_frame(exc: TidingsError, rid: int | None = None) -> f.Error:

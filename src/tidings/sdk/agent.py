@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 from types import TracebackType
@@ -93,6 +94,8 @@ class Agent:
         self.close_code: int | None = None
         self.close_reason = ""
         self.reconnects = 0
+        #: the server's wall clock minus ours (ms), from the last ``welcome``
+        self.clock_offset_ms = 0
         self._link: Link | None = None
         self._rids = itertools.count(1)
         self._requests: dict[int, asyncio.Future[Any]] = {}
@@ -225,6 +228,8 @@ class Agent:
             self._next_url()
             raise ConnectionLost("no welcome from the server in time") from None
         self.agent_id = frame.agent
+        if frame.time:
+            self.clock_offset_ms = frame.time - time.time_ns() // 1_000_000
         self._set_state(ConnectionState.OPEN)
         for sub in self._subs:
             self._send_sub(sub)

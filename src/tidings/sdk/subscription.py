@@ -200,7 +200,9 @@ class Subscription:
     def _subbed(self, frame: f.Subbed) -> None:
         self.sid, self.head = frame.sid, frame.head
         if self.resume_from_ms is None:
-            self.resume_from_ms = int(time.time() * 1000)
+            # On the server's clock (ours may be off by any amount): the replay resumes
+            # by the message times the server stamped.
+            self.resume_from_ms = int(time.time() * 1000) + self.agent.clock_offset_ms
         if self.live and self.disconnected_at is not None:
             self._gap(GapInfo(self.pattern, "disconnected", since=self.disconnected_at, until=time.time()))
         self.disconnected_at = None

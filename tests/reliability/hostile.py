@@ -1,0 +1,269 @@
+"""Hostile clients, each a blocking function over a raw socket that returns what the server did.
+
+Used by ``test_hostile.py`` one by one (each outcome checked against the
+documented one) and by ``python -m tests.reliability.hostile``, a separate
+attacker process that repeats them all while the test measures healthy clients.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from tests.reliability import rawws as w
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Outcome:
+    """What the server answered: an HTTP status, error codes, a close code (None: no close frame)."""
+
+    http: int | None = None
+    errors: list[str] = field(default_factory=list)
+    close: int | None = None
+    still_open: bool = False
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Target:
+    host: str
+    port: int
+    tokens: dict[str, str]  # name -> token: valid, narrow, expired, forged, tampered, none_alg, future
+
+
+def _authed(t: Target, token: str = "valid", protocol: str = "tidings.v1.json") -> socket.socket:
+    sock = w.handshake(t.host, t.port, protocol=protocol)
+    if protocol.endswith("msgpack"):
+        sock.sendall(
+            w.frame(w.BINARY, msgspec.msgpack.encode({"op": "hello", "token": t.tokens[token], "rid": 1}))
+        )
+        _opcode, payload = w.read_frame(sock)
+        assert msgspec.msgpack.decode(payload)["op"] == "welcome"
+    else:
+        first = w.hello(sock, t.tokens[token])
+        assert first["op"] == "welcome", first
+    return sock
+
+
+def _until_close(sock: socket.socket, timeout: float = 5.0) -> Outcome:
+    frames, code, _ = w.frames_until_close(sock, timeout)
+    return Outcome(errors=[f["code"] for f in frames if f.get("op") == "error"], close=code)
+
+
+def _alive(sock: socket.socket, topic: str = "sig/hostile/alive") -> bool:
+    """Whether the session still answers: a publish to ``topic`` gets its puback."""
+    sock.sendall(w.text({"op": "pub", "topic": topic, "body": 1, "rid": 999_999}))
+    sock.settimeout(5)
+    while True:
+        opcode, payload = w.read_frame(sock)
+        if opcode == w.CLOSE:
+            return False
+        if opcode != w.TEXT:
+            continue
+        decoded = json.loads(payload)
+        for frame in decoded if isinstance(decoded, list) else [decoded]:
+            if frame.get("rid") == 999_999:
+                return bool(frame["op"] == "puback")
+
+
+def huge_length(t: Target) -> Outcome:
+    sock = _authed(t)
+    sock.sendall(w.frame(w.TEXT, b"", length=1 << 62)[:10])  # the header only: 4 EiB announced
+    return _until_close(sock)
+
+
+def fragments_over_limit(t: Target) -> Outcome:
+    sock = _authed(t)
+    chunk = b" " * (600 * 1024)
+    sock.sendall(w.frame(w.TEXT, chunk, fin=False) + w.frame(w.CONT, chunk, fin=False))
+    return _until_close(sock)
+
+
+def slowloris(t: Target) -> Outcome:
+    """An upgrade request dribbled out a byte at a time: dropped at the handshake deadline."""
+    sock = socket.create_connection((t.host, t.port))
+    request = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Slow: " + b"a" * 100
+    )
+    start = time.monotonic()
+    sock.settimeout(0.2)
+    try:
+        for byte in request:
+            sock.sendall(bytes([byte]))
+            try:
+                if sock.recv(1024) == b"":
+                    break
+            except TimeoutError:
+                continue
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return Outcome(seconds=time.monotonic() - start)
+
+
+def many_subscriptions(t: Target) -> Outcome:
+    sock = _authed(t)
+    for batch in range(10):
+        frames = [
+            {"op": "sub", "topic": f"sig/hostile/s{batch}-{i}", "rid": batch * 1000 + i} for i in range(1000)
+        ]
+        sock.sendall(w.frame(w.TEXT, json.dumps(frames).encode()))
+    subbed = 0
+    errors: list[str] = []
+    sock.settimeout(10)
+    while subbed + len(errors) < 10_000:
+        opcode, payload = w.read_frame(sock)
+        if opcode != w.TEXT:
+            break
+        decoded = json.loads(payload)
+        for frame in decoded if isinstance(decoded, list) else [decoded]:
+            if frame["op"] == "subbed":
+                subbed += 1
+            elif frame["op"] == "error":
+                errors.append(frame["code"])
+    out = Outcome(
+        errors=sorted(set(errors)), still_open=_alive(sock), extra={"subbed": subbed, "refused": len(errors)}
+    )
+    sock.close()
+    return out
+
+
+def malformed_json_before_hello(t: Target) -> Outcome:
+    sock = w.handshake(t.host, t.port)
+    sock.sendall(w.frame(w.TEXT, b'{"op": "hello", "token": '))
+    return _until_close(sock)
+
+
+def malformed_json_after_hello(t: Target) -> Outcome:
+    sock = _authed(t)
+    sock.sendall(w.frame(w.TEXT, b'{"op": "pub", "topic": [1, 2'))
+    errors = [w.next_frame(sock)["code"]]
+    out = Outcome(errors=errors, still_open=_alive(sock))
+    sock.close()
+    return out
+
+
+def malformed_msgpack(t: Target) -> Outcome:
+    sock = _authed(t, protocol="tidings.v1.msgpack")
+    sock.sendall(w.frame(w.BINARY, b"\xc1\xde\xad"))  # 0xc1 is never used in msgpack
+    _opcode, payload = w.read_frame(sock)
+    out = Outcome(errors=[msgspec.msgpack.decode(payload)["code"]])
+    sock.sendall(w.frame(w.BINARY, msgspec.msgpack.encode({"op": "pub", "topic": "sig/hostile/m", "rid": 5})))
+    _opcode, payload = w.read_frame(sock)
+    out.still_open = msgspec.msgpack.decode(payload)["op"] == "puback"
+    sock.close()
+    return out
+
+
+def wrong_subprotocol(t: Target) -> Outcome:
+    sock, status, _ = w.http_upgrade(t.host, t.port, protocol="mqtt, tidings.v0.json")
+    sock.close()
+    return Outcome(http=status)
+
+
+def _token(name: str) -> Callable[[Target], Outcome]:
+    def attack(t: Target) -> Outcome:
+        sock = w.handshake(t.host, t.port)
+        sock.sendall(w.text({"op": "hello", "token": t.tokens[name], "rid": 1}))
+        return _until_close(sock)
+
+    attack.__name__ = f"token_{name}"
+    return attack
+
+
+WIDER_THAN_GRANT = ["conv/>", ">", "conv/*/x", "*/team-1/>", "conv/team-2/>", "sig/>"]
+
+
+def wider_wildcards(t: Target) -> Outcome:
+    """A client granted ``conv/team-1/>`` asks for more; every ask is refused and it stays open."""
+    sock = _authed(t, "narrow")
+    frames = [{"op": "sub", "topic": p, "rid": i} for i, p in enumerate(WIDER_THAN_GRANT)]
+    sock.sendall(w.frame(w.TEXT, json.dumps(frames).encode()))
+    errors = [f.get("code", f["op"]) for f in w.read_frames(sock, len(WIDER_THAN_GRANT))]
+    out = Outcome(errors=sorted(set(errors)), still_open=_alive(sock, "conv/team-1/alive"))
+    sock.close()
+    return out
+
+
+def cross_origin(t: Target) -> Outcome:
+    sock, status, _ = w.http_upgrade(t.host, t.port, headers={"Origin": "https://evil.example"})
+    sock.close()
+    return Outcome(http=status)
+
+
+def allowed_origin(t: Target) -> Outcome:
+    sock, status, _ = w.http_upgrade(t.host, t.port, headers={"Origin": "https://app.example"})
+    sock.close()
+    return Outcome(http=status)
+
+
+ATTACKS: dict[str, Callable[[Target], Outcome]] = {
+    f.__name__: f
+    for f in [
+        huge_length,
+        fragments_over_limit,
+        slowloris,
+        many_subscriptions,
+        malformed_json_before_hello,
+        malformed_json_after_hello,
+        malformed_msgpack,
+        wrong_subprotocol,
+        _token("expired"),
+        _token("forged"),
+        _token("tampered"),
+        _token("none_alg"),
+        _token("future"),
+        _token("missing"),
+        wider_wildcards,
+        cross_origin,
+        allowed_origin,
+    ]
+}
+
+
+def attack_forever(
+    target: Target, until: float, slowloris_connections: int = 100, only: list[str] | None = None
+) -> dict[str, int]:
+    """Run every attack (or those in ``only``) in turn until ``until`` (monotonic), with
+    slowloris connections held open alongside; return how many times each ran."""
+    attacks = {name: f for name, f in ATTACKS.items() if only is None or name in only}
+    runs: dict[str, int] = dict.fromkeys(attacks, 0)
+    if only is not None and "slowloris" not in only:
+        slowloris_connections = 0
+
+    def loris() -> None:
+        while time.monotonic() < until:
+            slowloris(target)
+
+    threads = [threading.Thread(target=loris, daemon=True) for _ in range(slowloris_connections)]
+    for th in threads:
+        th.start()
+    while time.monotonic() < until:
+        if set(attacks) <= {"slowloris"}:
+            time.sleep(0.1)
+        for name, attack in attacks.items():
+            if name == "slowloris":
+                continue
+            attack(target)
+            runs[name] += 1
+    return runs
+
+
+if __name__ == "__main__":
+    # python -m tests.reliability.hostile HOST PORT SECONDS TOKENS_JSON [ATTACK,ATTACK...]
+    host, port, seconds, tokens = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
+    only = sys.argv[5].split(",") if len(sys.argv) > 5 else None
+    counts = attack_forever(Target(host, port, tokens), time.monotonic() + seconds, only=only)
+    print(json.dumps(counts), flush=True)
