@@ -417,7 +417,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="leave the server up until Ctrl-C")
     parser.add_argument("--duration", type=float, default=20.0)
     args = parser.parse_args(argv)
-    figures = _run(run_demo(duration=args.duration, keep=args.keep))
+    try:
+        figures = _run(run_demo(duration=args.duration, keep=args.keep))
+    except KeyboardInterrupt:  # Ctrl-C: with --keep, the way to stop; run_demo stopped the server
+        raise SystemExit(0 if args.keep else 130) from None
     raise SystemExit(1 if figures.missing else 0)
 
 
