@@ -171,6 +171,13 @@ async def test_dashboard_shows_live_figures_and_the_causal_graph(
 
             await _until("redeliveries and dead letters marked as the API says", marked_as_the_api_says)
 
+            # "fit to width" draws the same graph, smaller
+            await page.check("#graph-fit")
+            await page.locator("#graph-svg .node.compact").first.wait_for(timeout=5_000 * UNIT)
+            assert await nodes.count() == len(acked)
+            assert await page.locator("#graph-svg [data-edge]").count() == replies
+            await page.uncheck("#graph-fit")
+
             # a node opens its details and highlights its thread
             child = next(c for c in reversed(drawn) if parents[c])  # the latest reply
             await page.click(f'#graph-svg [data-node-id="{child}"]')

@@ -382,11 +382,18 @@ function drawGraph(graph, conv) {
   const scroller = $("graph-scroll");
   const atEnd = scroller.scrollLeft + scroller.clientWidth >= scroller.scrollWidth - 40;
   const { byId, lanes, laneOf, col, columns } = layout(graph.nodes);
-  const width = PAD_X * 2 + Math.max(1, columns) * COL_W;
+  // "fit to width" narrows the columns to the space there is; when boxes no longer fit,
+  // messages become small marks (the lane names the sender; hovering tells the rest)
+  const room = (scroller.clientWidth || 800) - PAD_X * 2;
+  const colW = $("graph-fit").checked ? Math.max(6, Math.min(COL_W, room / Math.max(1, columns))) : COL_W;
+  const compact = colW < NODE_W + 8;
+  const nodeW = compact ? Math.max(4, Math.min(14, colW - 2)) : NODE_W;
+  const nodeH = compact ? 14 : NODE_H;
+  const width = PAD_X * 2 + Math.max(1, columns) * colW;
   const height = PAD_Y * 2 + Math.max(1, lanes.length) * LANE_H;
   const origin = conv.created_ms || (graph.nodes[0] ? graph.nodes[0].ts : 0);
-  const x = (id) => PAD_X + col.get(id) * COL_W;
-  const y = (sender) => PAD_Y + laneOf.get(sender) * LANE_H + (LANE_H - NODE_H) / 2;
+  const x = (id) => PAD_X + col.get(id) * colW;
+  const y = (sender) => PAD_Y + laneOf.get(sender) * LANE_H + (LANE_H - nodeH) / 2;
 
   // the sender labels, fixed at the left
   const lanesSvg = $("graph-lanes");
@@ -420,11 +427,11 @@ function drawGraph(graph, conv) {
     const a = byId.get(e.source);
     const b = byId.get(e.target);
     if (!a || !b) continue;
-    const x1 = x(a.id) + NODE_W;
-    const y1 = y(a.sender) + NODE_H / 2;
+    const x1 = x(a.id) + nodeW;
+    const y1 = y(a.sender) + nodeH / 2;
     const x2 = x(b.id);
-    const y2 = y(b.sender) + NODE_H / 2;
-    const bend = Math.max(16, (x2 - x1) / 2);
+    const y2 = y(b.sender) + nodeH / 2;
+    const bend = Math.max(compact ? 4 : 16, (x2 - x1) / 2);
     const path = el("path", {
       d: "M" + x1 + "," + y1 + " C" + (x1 + bend) + "," + y1 + " " + (x2 - bend) + "," + y2 + " " + x2 + "," + y2,
       class: "edge",
@@ -437,7 +444,7 @@ function drawGraph(graph, conv) {
   }
   const nodes = el("g", { class: "nodes" });
   for (const n of graph.nodes) {
-    const classes = ["node"];
+    const classes = compact ? ["node", "compact"] : ["node"];
     if (n.redeliveries > 0) classes.push("redelivered");
     if (n.dead_letter) classes.push("dead");
     if (!n.parent) classes.push("root");
@@ -454,18 +461,21 @@ function drawGraph(graph, conv) {
       (n.redeliveries ? "\nredelivered " + n.redeliveries + "×" : "") + (n.dead_letter ? "\ndead letter" : "") +
       "\n" + n.preview;
     const h0 = hue(n.sender);
-    g.append(
-      tip,
-      el("rect", { width: NODE_W, height: NODE_H, rx: 6, class: "box", fill: "hsl(" + h0 + " 45% 22%)", stroke: "hsl(" + h0 + " 70% 60%)" }),
-      text(short(n.sender, 11), { x: NODE_W / 2, y: 14, class: "node-sender" }),
-      text(relTime(n.ts, origin), { x: NODE_W / 2, y: 27, class: "node-time" }),
-    );
-    if (n.dead_letter) {
-      g.append(el("rect", { x: NODE_W - 24, y: -8, width: 30, height: 14, rx: 7, class: "badge-dead" }),
-        text("DLQ", { x: NODE_W - 9, y: 2.5, class: "badge-text" }));
-    } else if (n.redeliveries > 0) {
-      g.append(el("rect", { x: NODE_W - 22, y: -8, width: 28, height: 14, rx: 7, class: "badge-redelivered" }),
-        text("↻" + n.redeliveries, { x: NODE_W - 8, y: 2.5, class: "badge-text" }));
+    const box = { width: nodeW, height: nodeH, rx: compact ? 3 : 6, class: "box" };
+    g.append(tip, el("rect", { ...box, fill: "hsl(" + h0 + " 45% 22%)", stroke: "hsl(" + h0 + " 70% 60%)" }));
+    // compact: no room for text or badges; the box's colour, dashes and fill still say it
+    if (!compact) {
+      g.append(
+        text(short(n.sender, 11), { x: NODE_W / 2, y: 14, class: "node-sender" }),
+        text(relTime(n.ts, origin), { x: NODE_W / 2, y: 27, class: "node-time" }),
+      );
+      if (n.dead_letter) {
+        g.append(el("rect", { x: NODE_W - 24, y: -8, width: 30, height: 14, rx: 7, class: "badge-dead" }),
+          text("DLQ", { x: NODE_W - 9, y: 2.5, class: "badge-text" }));
+      } else if (n.redeliveries > 0) {
+        g.append(el("rect", { x: NODE_W - 22, y: -8, width: 28, height: 14, rx: 7, class: "badge-redelivered" }),
+          text("↻" + n.redeliveries, { x: NODE_W - 8, y: 2.5, class: "badge-text" }));
+      }
     }
     g.addEventListener("click", () => choose(n.id));
     g.addEventListener("keydown", (ev) => { if (ev.key === "Enter") choose(n.id); });
@@ -563,6 +573,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     showLogin("");
+  });
+  $("graph-fit").addEventListener("change", () => {
+    if (state.graph) drawGraph(state.graph, state.conversations.find((c) => c.id === state.selected) || {});
   });
   $("graph-limit").addEventListener("change", () => {
     state.graphKey = "";
