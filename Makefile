@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest soak reliability bench bench-quick bench-storage bench-fanout bench-w2 bench-nats clean
+.PHONY: demo test lint typecheck pytest chromium soak reliability bench bench-quick bench-storage bench-fanout \
+	bench-w2 bench-nats clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -26,8 +27,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -m "not slow" -p no:cacheprovider
+
+# The dashboard's browser test drives Debian's Chromium (never `playwright install`).
+# Installed here when missing and apt-get is usable (root); otherwise the test skips and says why.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium: /usr/bin/chromium is missing and apt-get is not usable here (needs root):" \
+			"the browser tests will skip (as root: apt-get install -y chromium)"; \
+	else \
+		echo "chromium: installing Debian's chromium for the browser tests (apt-get install -y chromium)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; }; } || \
+		echo "chromium: apt-get install failed: the browser tests will skip"; \
+	fi
 
 soak: $(STAMP)
 	$(BIN)/pytest -m slow -p no:cacheprovider
