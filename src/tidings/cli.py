@@ -326,13 +326,26 @@ def demo(
     duration: Annotated[float, typer.Option(help="Seconds to run.")] = 20.0,
     rate: Annotated[float, typer.Option(help="Messages per second per agent.")] = 2.0,
     crash: Annotated[bool, typer.Option(help="Kill the server with SIGKILL halfway and restart it.")] = True,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the server and its dashboard up until Ctrl-C.")
+    ] = False,
 ) -> None:
     """Run a server and a swarm of agents in durable conversations; crash it midway; summarise."""
     from tidings.demo import run_demo
 
-    figures = _run(
-        run_demo(agents=agents, conversations=conversations, duration=duration, rate=rate, crash=crash)
-    )
+    try:
+        figures = _run(
+            run_demo(
+                agents=agents,
+                conversations=conversations,
+                duration=duration,
+                rate=rate,
+                crash=crash,
+                keep=keep,
+            )
+        )
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
     if figures.missing:
         raise typer.Exit(1)
 

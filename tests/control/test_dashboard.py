@@ -38,6 +38,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+#: the README's screenshot, rewritten only when asked (TIDINGS_UPDATE_SCREENSHOT=1), so that
+#: make test leaves the checkout clean; otherwise the screenshot goes to the test's temp dir
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
 CONVERSATION = "conv/team-0/chat"
 #: the dashboard's graph window in this test (the swarm publishes about half of it)
@@ -128,8 +130,10 @@ async def test_dashboard_shows_live_figures_and_the_causal_graph(
             await _until("the graph to grow", lambda: _at_least(nodes.count(), seen + 5))
             # the README's picture, taken while the swarm talks (a few seconds of sparkline)
             await asyncio.sleep(2.0)
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            await page.screenshot(path=str(SCREENSHOT), full_page=True)
+            shot = SCREENSHOT if os.environ.get("TIDINGS_UPDATE_SCREENSHOT") else tmp_path / "dashboard.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
 
             await swarm.quiesce()
             assert swarm.verify() == 0
