@@ -23,26 +23,11 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-#: latency buckets in seconds (0.1 ms .. 30 s)
+#: latency buckets in seconds: 1-2-5 steps from 50 us to 30 s
 LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
+    0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
+)  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 #: the end-to-end stages the SDK's acks let the gateway measure
 STAGES = ("publish_deliver", "deliver_handled", "handled_ack")
@@ -75,15 +60,20 @@ class Histogram:
         self.sum += value
 
     def quantile(self, q: float) -> float:
-        """An upper bound of the ``q`` quantile: the bound of the bucket it falls in."""
+        """The ``q`` quantile, interpolated linearly inside the bucket it falls in
+        (as Prometheus' ``histogram_quantile`` does); 0.0 when empty."""
         if not self.total:
             return 0.0
         rank = q * self.total
-        seen = 0
+        seen, lower = 0, 0.0
         for i, count in enumerate(self.counts):
+            if i == len(self.bounds):  # above the last bound: all we can say is "more"
+                return self.bounds[-1]
+            upper = self.bounds[i]
+            if count and seen + count >= rank:
+                return lower + (upper - lower) * (rank - seen) / count
             seen += count
-            if seen >= rank and count:
-                return self.bounds[i] if i < len(self.bounds) else self.bounds[-1]
+            lower = upper
         return self.bounds[-1]
 
     def buckets(self) -> list[tuple[str, float]]:

@@ -319,8 +319,9 @@ def create_app(
     ) -> m.GraphOut:
         topic = find(group, name).topic
         msgs = await _tail(engine, topic, limit)
+        # offset -> deliveries it had (kept in the dead letter, so it survives a restart)
         dead = {
-            letter.headers.get("tidings-dlq-offset", "")
+            letter.headers.get("tidings-dlq-offset", ""): _int(letter.headers.get("tidings-dlq-attempts"))
             for letter in await _tail(engine, f"dlq/{topic}", PAGE_LIMIT)
         }
         ids = {msg.id for msg in msgs}
@@ -332,7 +333,9 @@ def create_app(
                 ts=msg.ts,
                 lamport=msg.lamport,
                 parent=msg.parent,
-                redeliveries=stats.redelivered_ids.get((topic, msg.id), 0),
+                redeliveries=max(
+                    stats.redelivered_ids.get((topic, msg.id), 0), dead.get(str(msg.offset), 1) - 1
+                ),
                 dead_letter=str(msg.offset) in dead,
                 preview=_preview(msg.body),
             )
@@ -560,6 +563,13 @@ async def _tail(engine: Engine, topic: str, limit: int) -> list[Msg]:
         del out[:-limit]
         after = batch[-1].offset or after
     return out
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
 
 
 def _preview(body: Any, size: int = 80) -> str:
