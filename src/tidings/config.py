@@ -87,6 +87,16 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_outbound_bytes: int = 4 * 1024 * 1024
     #: seconds a connection may stay over ``max_outbound_bytes`` before it is closed
     write_timeout: float = 30.0
+    #: durable publishes a connection may have waiting for their puback (its publish
+    #: credit); past it, publishes are answered ``retry_later``
+    max_unacked_publishes: int = 1000
+    #: per-token publish rate (messages/s and body bytes/s; None: no limit), with a
+    #: burst of one second's worth; over it, publishes are answered ``retry_later``
+    publish_rate: float | None = None
+    publish_bytes_rate: float | None = None
+    #: appends one shard of the durable log may have queued for its writer; past it,
+    #: durable publishes to that shard are answered ``retry_later``
+    max_write_queue: int = 50_000
     #: seconds a silent peer keeps its connection (and its agent's presence):
     #: the gateway pings after half of it idle and waits the other half for the pong
     presence_timeout: float = 30.0
@@ -130,6 +140,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "max_topic_length",
             "shards",
             "max_outbound_bytes",
+            "max_unacked_publishes",
+            "max_write_queue",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

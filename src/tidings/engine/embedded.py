@@ -25,7 +25,7 @@ from tidings.engine.base import (
     EphemeralCallback,
     PublishResult,
 )
-from tidings.errors import InvalidFrame
+from tidings.errors import InvalidFrame, RetryLater
 from tidings.log import FileSystem, RetentionPolicy, Store, StoredRecord
 from tidings.log.cursors import CursorStore
 from tidings.metrics import StorageFigures
@@ -85,8 +85,11 @@ class EmbeddedEngine(Engine):
         on_fatal: Callable[[BaseException], None] | None = None,
         trim_interval: float = 1.0,
         files: FileSystem | None = None,
+        max_write_queue: int = 50_000,
     ) -> None:
-        """``files`` is the log's file interface (a fault-injecting one in tests)."""
+        """``files`` is the log's file interface (a fault-injecting one in tests);
+        ``max_write_queue`` bounds each shard's queued appends (``RetryLater`` past it)."""
+        self.max_write_queue = max_write_queue
         self.data_dir = data_dir
         self.shards = shards
         self._retention = retention
@@ -157,6 +160,8 @@ class EmbeddedEngine(Engine):
         return await self.store.append(msg.topic, msg.id, msg.ts, to_record_payload(msg))
 
     def submit(self, msg: Msg) -> asyncio.Future[PublishResult]:
+        if self.store.queue_depth(msg.topic) >= self.max_write_queue:
+            raise RetryLater(f"the log shard of {msg.topic!r} has {self.max_write_queue} appends queued", 20)
         return self.store.submit(msg.topic, msg.id, msg.ts, to_record_payload(msg))
 
     def publish_ephemeral(self, msg: Msg) -> None:

@@ -26,6 +26,7 @@ from tidings.errors import (
     LimitExceeded,
     NotSupported,
     ProtocolError,
+    RetryLater,
     StorageError,
     TidingsError,
     Unauthorized,
@@ -82,6 +83,7 @@ class Connection(WSListener):
         "_may_publish",
         "_next_sid",
         "_timers",
+        "_unacked",
         "_write_deadline",
         "binary",
         "dirty",
@@ -118,6 +120,7 @@ class Connection(WSListener):
         self._fragment_bytes = 0
         self._fragment_text = False
         self._timers: list[asyncio.TimerHandle] = []
+        self._unacked = 0  # durable publishes waiting for their puback
         self._joining: set[asyncio.Future[None]] = set()
 
     @property
@@ -410,11 +413,20 @@ class Connection(WSListener):
         assert self.grants is not None
         topic = pub.topic
         self._check_publish(topic)
-        stats, namespace = self.gateway.stats, namespace_of(topic)
+        gateway = self.gateway
+        size = _body_size(pub.body)
+        durable = is_durable(topic)
+        if durable and self._unacked >= gateway.settings.max_unacked_publishes:
+            raise RetryLater(
+                f"{self._unacked} publishes are waiting for their puback (the connection's credit)", 20
+            )
+        if gateway.limiter.active:
+            gateway.limiter.check(self.grants, size)
+        stats, namespace = gateway.stats, namespace_of(topic)
         stats.published += 1
         stats.messages_in[namespace] += 1
-        stats.bytes_in[namespace] += _body_size(pub.body)
-        msg_id = pub.id or self.gateway.next_id()
+        stats.bytes_in[namespace] += size
+        msg_id = pub.id or gateway.next_id()
         msg = f.Msg(
             topic=topic,
             id=msg_id,
@@ -425,8 +437,9 @@ class Connection(WSListener):
             lamport=pub.lamport,
             headers=pub.headers,
         )
-        if is_durable(topic):
-            stored = self.gateway.engine.submit(msg)
+        if durable:
+            stored = gateway.engine.submit(msg)
+            self._unacked += 1
             stored.add_done_callback(lambda task: self._published(task, topic, msg_id, pub.rid))
             return
         self.gateway.engine.publish_ephemeral(msg)
@@ -450,6 +463,7 @@ class Connection(WSListener):
         self, task: asyncio.Future[PublishResult], topic: str, msg_id: str, rid: int | None
     ) -> None:
         """A durable publish finished: answer with ``puback`` (only now: it is on disk) or the error."""
+        self._unacked -= 1
         if self.session.state is not State.OPEN:
             return
         exc = None if task.cancelled() else task.exception()

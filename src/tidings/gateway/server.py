@@ -35,6 +35,7 @@ from tidings.engine.embedded import EmbeddedEngine
 from tidings.errors import InvalidFrame
 from tidings.gateway.connection import Connection, Subscription
 from tidings.gateway.consumers import Consumers
+from tidings.gateway.limits import Limiter
 from tidings.gateway.router import Router
 from tidings.log.types import RetentionPolicy
 from tidings.metrics import GatewayStats, namespace_of
@@ -71,6 +72,7 @@ class Gateway:
         #: the gateway pings a connection idle this long, and waits as long for the pong
         self.heartbeat_s = settings.presence_timeout / 2
         self.stats = GatewayStats()
+        self.limiter = Limiter(settings.publish_rate, settings.publish_bytes_rate)
         self.consumers = Consumers(self.engine, settings, self.catalog.policy, self.stats)
         self.router: Router[Subscription] = Router()
         self.server_name = f"tidings/{tidings.__version__}"
@@ -330,7 +332,11 @@ def engine_for(
         replicas = settings.nats_replicas or None
         return NatsEngine(urls, settings.shards, replicas, retention=settings.retention)
     return EmbeddedEngine(
-        settings.data_path, settings.shards, retention=retention or settings.retention, on_fatal=on_fatal
+        settings.data_path,
+        settings.shards,
+        retention=retention or settings.retention,
+        on_fatal=on_fatal,
+        max_write_queue=settings.max_write_queue,
     )
 
 

@@ -224,6 +224,10 @@ class Store:
         """The highest offset ever stored durably in ``topic`` (trimmed or not); 0 if none."""
         return self._shard(topic).head(topic)
 
+    def queue_depth(self, topic: str) -> int:
+        """Appends queued for the writer of ``topic``'s shard."""
+        return self._shard(topic).queue_depth
+
     def count(self, topic: str) -> int:
         """How many durable records of ``topic`` are retained."""
         return self._shard(topic).count(topic)
