@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -16,6 +15,7 @@ import typer
 from tidings.auth import Authority
 from tidings.config import Settings, load_settings
 from tidings.errors import TidingsError
+from tidings.logs import configure as configure_logs
 
 app = typer.Typer(
     help="tidings: realtime messaging for multi-agent AI systems.",
@@ -59,6 +59,7 @@ def serve(
     control_port: Annotated[
         int | None, typer.Option(help="Control plane HTTP port [7701]; 0 picks a free one.")
     ] = None,
+    log_format: Annotated[str | None, typer.Option(help="console or json [console].")] = None,
     no_control: Annotated[bool, typer.Option("--no-control", help="Run the gateway alone.")] = False,
     engine: Annotated[str | None, typer.Option(help="embedded or nats [embedded].")] = None,
     nats_url: Annotated[str | None, typer.Option(help="NATS servers, comma-separated (engine nats).")] = None,
@@ -72,12 +73,11 @@ def serve(
         data_dir=data_dir,
         allow_anonymous=allow_anonymous,
         control_port=control_port,
+        log_format=log_format,
         engine=engine,
         nats_url=nats_url,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logs(settings.log_level, "json" if settings.log_format == "json" else "console")
     _run(_serve(settings, control=not no_control))
 
 
@@ -144,9 +144,7 @@ def control(
 ) -> None:
     """Run the control plane alone over the data directory (while no gateway holds it)."""
     settings = _settings(config, host=host, data_dir=data_dir, control_port=control_port)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logs(settings.log_level, "json" if settings.log_format == "json" else "console")
     _run(_control(settings))
 
 

@@ -109,6 +109,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Environment: ``TIDINGS_ALLOWED_ORIGINS=https://a.example,https://b.example``.
     allowed_origins: list[str] = msgspec.field(default_factory=list)
     log_level: str = "info"
+    #: "console" (human) or "json" (one object per line, for a log pipeline)
+    log_format: str = "console"
     #: send each connection's frames of one event-loop turn as one WebSocket
     #: message. Turn off only to measure what coalescing buys (bench/fanout.py).
     coalesce: bool = True
@@ -122,6 +124,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     namespaces: dict[str, NamespacePolicy] = msgspec.field(default_factory=default_namespaces)
 
     def __post_init__(self) -> None:
+        if self.log_format not in ("console", "json"):
+            raise ValueError(f"log_format is 'console' or 'json', not {self.log_format!r}")
         if self.control_port is None:
             self.control_port = 0 if self.port == 0 else DEFAULT_CONTROL_PORT
         for name in ("port", "control_port"):

@@ -127,6 +127,10 @@ class Connection(WSListener):
     def agent(self) -> str:
         return self.grants.agent if self.grants else ""
 
+    def context(self, **more: object) -> dict[str, object]:
+        """Log context (``logs.CONTEXT``): never a body or a token."""
+        return {"conn": self.session_id[:12], "agent": self.agent or None, "peer": self.peer or None, **more}
+
     # -- picows callbacks ---------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -198,7 +202,10 @@ class Connection(WSListener):
             return
         self.gateway.stats.write_timeouts += 1
         log.warning(
-            "closing agent %r: it has not read for %s s", self.agent, self.gateway.settings.write_timeout
+            "closing agent %r: it has not read for %s s",
+            self.agent,
+            self.gateway.settings.write_timeout,
+            extra=self.context(),
         )
         self.transport.send_close(WSCloseCode.POLICY_VIOLATION, b"write timeout: the client is not reading")
         self.transport.disconnect(graceful=False)
@@ -211,6 +218,8 @@ class Connection(WSListener):
         self._timers.clear()
         self.gateway.unregister(self)
         self.session.connection_lost()
+        if self.grants is not None:
+            log.debug("agent %r disconnected", self.agent, extra=self.context())
 
     # -- frames ---------------------------------------------------------------
 
@@ -251,13 +260,16 @@ class Connection(WSListener):
             except TidingsError as exc:
                 self.gateway.stats.reject(exc.code)
                 if isinstance(frame, f.Hello):
+                    log.info("hello refused: %s", exc.message, extra=self.context(code=exc.code))
                     self.session.reject(exc, rid)
                 else:
                     self.session.send(error_frame(exc, rid))
             except Exception:
                 # A bug of ours must not cost the client its connection silently:
                 # log it with context, answer this request, keep serving.
-                log.exception("handling %s from agent %r failed", f.op_of(frame), self.agent)
+                log.exception(
+                    "handling %s from agent %r failed", f.op_of(frame), self.agent, extra=self.context()
+                )
                 self.session.send(error_frame(TidingsError("internal error; the server logged it"), rid))
         if self.session.pending_bytes or self.session.close_code is not None:
             self.gateway.mark_dirty(self)
@@ -315,6 +327,9 @@ class Connection(WSListener):
             delay = max(0.0, self.grants.expires_at - time.time())
             self._timers.append(asyncio.get_running_loop().call_later(delay, self._token_expired))
         gw.presence.connected(self, self.grants.agent, _checked_status(hello.status), capabilities)
+        log.info(
+            "agent %r connected (%s)", self.agent, hello.client or "no client name", extra=self.context()
+        )
 
     def _on_presence(self, update: f.PresenceUpdate) -> None:
         """The agent changed its status or capabilities; answered (with ``rid``) by an echo."""
@@ -377,7 +392,12 @@ class Connection(WSListener):
                 gateway.drop_subscription(subscription)
             error = exc if isinstance(exc, TidingsError) else StorageError(f"subscribe failed: {exc!r}")
             if not isinstance(exc, TidingsError):
-                log.error("durable subscribe to %s failed: %r", subscription.pattern, exc)
+                log.error(
+                    "durable subscribe to %s failed: %r",
+                    subscription.pattern,
+                    exc,
+                    extra=self.context(topic=subscription.pattern),
+                )
             gateway.stats.reject(error.code)
             self.session.send(error_frame(error, sub.rid))
             gateway.mark_dirty(self)
@@ -470,7 +490,7 @@ class Connection(WSListener):
         if task.cancelled() or exc is not None:
             error = exc if isinstance(exc, TidingsError) else StorageError(f"publish failed: {exc!r}")
             if not isinstance(exc, TidingsError):
-                log.error("durable publish of %s failed: %r", msg_id, exc)
+                log.error("durable publish of %s failed: %r", msg_id, exc, extra=self.context(topic=topic))
             self.gateway.stats.reject(error.code)
             self.session.send(error_frame(error, rid))
         else:

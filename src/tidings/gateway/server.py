@@ -176,7 +176,7 @@ class Gateway:
         """Close every connection holding the revoked token (1008, "token revoked")."""
         for conn in list(self.connections):
             if conn.grants is not None and conn.grants.jti == jti:
-                log.info("closing agent %r: its token was revoked", conn.agent)
+                log.info("closing agent %r: its token was revoked", conn.agent, extra=conn.context())
                 conn.close(CloseCode.POLICY_VIOLATION, "token revoked")
 
     def _announce_presence(self, event: PresenceEvent) -> None:
