@@ -50,6 +50,7 @@ async def test_publish_credit_answers_retry_later_and_stores_nothing_refused(aut
         stored = [m.body for m in await gw.engine.read("conv/a/b", 0)]
         assert stored == [0, 1, 2]
         assert gw.stats.rejects["retry_later"] == 7
+        await raw.close()
     finally:
         await gw.stop()
 
@@ -192,6 +193,7 @@ async def test_a_slow_consumer_costs_the_others_nothing_and_loses_no_durable_mes
                 )
         assert got == set(range(300))
         assert dropped > 0
+        await slow.close()
         print(f"healthy p99: {baseline * 1000:.2f} ms alone, {with_slow * 1000:.2f} ms beside the slow one")
     finally:
         await gw.stop()

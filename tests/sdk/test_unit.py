@@ -11,6 +11,7 @@ from tidings.protocol import frames as f
 from tidings.sdk import Backoff, new_id
 from tidings.sdk.context import causal_defaults, current_message
 from tidings.sdk.dedup import SeenIds
+from tidings.tracing import parse
 
 
 def test_backoff_full_jitter_spreads_and_respects_the_cap() -> None:
@@ -58,14 +59,16 @@ def test_ids_are_unique_and_time_ordered() -> None:
 
 
 def test_causal_defaults_come_from_the_message_being_handled() -> None:
-    assert causal_defaults(None, {}) == (None, {})
-    msg = f.Msg(topic="conv/a/b", id="m1", sender="x", ts=1, headers={"traceparent": "00-t-s-01"})
+    parent, headers = causal_defaults(None, {})
+    assert parent is None and parse(headers["traceparent"]) is not None  # a new trace
+    upstream = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    msg = f.Msg(topic="conv/a/b", id="m1", sender="x", ts=1, headers={"traceparent": upstream})
     token = current_message.set(msg)
     try:
-        assert causal_defaults(None, {}) == (
-            "m1",
-            {"traceparent": "00-t-s-01", "tidings-parent-topic": "conv/a/b"},
-        )
+        parent, headers = causal_defaults(None, {})
+        assert parent == "m1" and headers["tidings-parent-topic"] == "conv/a/b"
+        # the same trace, a new span
+        assert headers["traceparent"].split("-")[1] == "a" * 32 and headers["traceparent"] != upstream
         assert causal_defaults("explicit", {"traceparent": "mine"}) == ("explicit", {"traceparent": "mine"})
     finally:
         current_message.reset(token)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
@@ -35,6 +35,7 @@ from tidings.metrics import namespace_of
 from tidings.protocol import frames as f
 from tidings.protocol.session import CloseCode, ServerSession, State, error_frame
 from tidings.protocol.topics import is_durable, is_wildcard, validate_pattern, validate_topic
+from tidings.tracing import TRACEPARENT
 
 if TYPE_CHECKING:
     from tidings.gateway.consumer import Consumer
@@ -457,12 +458,21 @@ class Connection(WSListener):
             lamport=pub.lamport,
             headers=pub.headers,
         )
+        span = None
+        if gateway.tracer.enabled:  # until it is durable (ephemeral: until it is fanned out)
+            span = gateway.tracer.start("tidings publish", pub.headers.get(TRACEPARENT), "SERVER")
+            span.set_attribute("messaging.destination", topic)
+            span.set_attribute("messaging.message.id", msg_id)
         if durable:
             stored = gateway.engine.submit(msg)
             self._unacked += 1
-            stored.add_done_callback(lambda task: self._published(task, topic, msg_id, pub.rid))
+            stored.add_done_callback(lambda task: self._published(task, topic, msg_id, pub.rid, span))
             return
-        self.gateway.engine.publish_ephemeral(msg)
+        try:
+            gateway.engine.publish_ephemeral(msg)
+        finally:
+            if span is not None:
+                span.end()
         if pub.rid is not None:
             self.session.send(f.Puback(id=msg_id, rid=pub.rid))
 
@@ -480,10 +490,12 @@ class Connection(WSListener):
             self._may_publish.add(topic)
 
     def _published(
-        self, task: asyncio.Future[PublishResult], topic: str, msg_id: str, rid: int | None
+        self, task: asyncio.Future[PublishResult], topic: str, msg_id: str, rid: int | None, span: Any = None
     ) -> None:
         """A durable publish finished: answer with ``puback`` (only now: it is on disk) or the error."""
         self._unacked -= 1
+        if span is not None:
+            span.end()
         if self.session.state is not State.OPEN:
             return
         exc = None if task.cancelled() else task.exception()

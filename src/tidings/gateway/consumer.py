@@ -40,6 +40,7 @@ from tidings.engine.base import CursorState, TopicCursor
 from tidings.metrics import namespace_of
 from tidings.protocol import frames as f
 from tidings.protocol.topics import is_durable
+from tidings.tracing import TRACEPARENT
 
 if TYPE_CHECKING:
     from tidings.gateway.connection import Subscription
@@ -319,6 +320,13 @@ class Consumer:
         elif self.acks:
             stats.observe("publish_deliver", namespace, self.label, time.time() - msg.ts / 1000)
         p.sent = time.monotonic()
+        tracer = self.registry.tracer
+        if tracer is not None and tracer.enabled:
+            span = tracer.start("tidings deliver", msg.headers.get(TRACEPARENT), "SERVER")
+            span.set_attribute("messaging.destination", msg.topic)
+            span.set_attribute("tidings.attempt", p.attempt)
+            span.set_attribute("tidings.consumer", self.label)
+            span.end()
         try:
             member.deliver(msgspec.structs.replace(p.msg, attempt=p.attempt))
         except (TypeError, ValueError, OverflowError) as exc:

@@ -19,6 +19,7 @@ from tidings.gateway.router import Router
 from tidings.metrics import GatewayStats, namespace_of
 from tidings.protocol import frames as f
 from tidings.protocol.topics import DURABLE_NAMESPACES, validate_topic
+from tidings.tracing import Tracer
 
 if TYPE_CHECKING:
     from tidings.gateway.connection import Subscription
@@ -42,6 +43,7 @@ class Consumers:
         self.engine = engine
         self.settings = settings
         self.stats = stats or GatewayStats()
+        self.tracer: Tracer | None = None  # the gateway's, set when it starts
         self.policy = policy or settings.policy
         self.router: Router[Consumer] = Router()
         self.by_key: dict[str, Consumer] = {}

@@ -43,6 +43,7 @@ from tidings.presence import PresenceEvent
 from tidings.protocol import frames as f
 from tidings.protocol.codec import JSON, SUBPROTOCOLS, negotiate
 from tidings.protocol.session import CloseCode
+from tidings.tracing import TRACEPARENT, Tracer
 
 log = logging.getLogger("tidings.gateway")
 
@@ -73,7 +74,10 @@ class Gateway:
         self.heartbeat_s = settings.presence_timeout / 2
         self.stats = GatewayStats()
         self.limiter = Limiter(settings.publish_rate, settings.publish_bytes_rate)
+        #: OpenTelemetry spans, when the process has configured a tracer provider
+        self.tracer = Tracer("tidings.gateway")
         self.consumers = Consumers(self.engine, settings, self.catalog.policy, self.stats)
+        self.consumers.tracer = self.tracer
         self.router: Router[Subscription] = Router()
         self.server_name = f"tidings/{tidings.__version__}"
         self.connections: set[Connection] = set()
@@ -275,6 +279,11 @@ class Gateway:
         stats = self.stats
         stats.delivered += delivered
         if delivered:
+            if self.tracer.enabled:
+                attributes = {"messaging.destination": msg.topic, "tidings.deliveries": delivered}
+                self.tracer.start(
+                    "tidings deliver", msg.headers.get(TRACEPARENT), "SERVER", **attributes
+                ).end()
             namespace = namespace_of(msg.topic)
             stats.deliveries[namespace] += delivered
             stats.observe("publish_deliver", namespace, "live", time.time() - msg.ts / 1000)

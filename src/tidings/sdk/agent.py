@@ -47,6 +47,7 @@ from tidings.sdk.outbox import Outbox, Outgoing
 from tidings.sdk.requests import Requester
 from tidings.sdk.streams import Stream
 from tidings.sdk.subscription import GapInfo, Message, Subscription
+from tidings.tracing import TRACEPARENT, Tracer
 
 log = logging.getLogger("tidings.sdk")
 
@@ -106,6 +107,8 @@ class Agent:
         self._handlers: list[HandlerSpec] = []
         self._requester = Requester(self)
         self._commands = Commands(self)
+        #: OpenTelemetry spans, when the application has configured a tracer provider
+        self.tracer = Tracer("tidings.sdk")
         #: what the handlers are working on (cancel and pause commands act on it)
         self.work = Work()
         self.capabilities = list(capabilities)
@@ -437,15 +440,21 @@ class Agent:
         """
         if self._closing:
             raise ConnectionLost("the agent is closed")
+        traced = headers is None or TRACEPARENT not in headers
         parent, hdrs = causal_defaults(parent, headers or {})
-        self.lamport += 1
-        frame = f.Pub(
-            topic=topic, body=body, id=id or new_id(), parent=parent, lamport=self.lamport, headers=hdrs
-        )
-        out = await self.outbox.put(frame, len(topic) + len(repr(body)) + 64)
-        if self.is_open:
-            self._send_pub(out)
-        return await out.future
+        with self.tracer.current(
+            f"publish {topic}", None, "PRODUCER", **{"messaging.destination": topic}
+        ) as span:
+            if span is not None and traced:  # the span (a child of the handler's) names this message
+                hdrs[TRACEPARENT] = self.tracer.traceparent(span)
+            self.lamport += 1
+            frame = f.Pub(
+                topic=topic, body=body, id=id or new_id(), parent=parent, lamport=self.lamport, headers=hdrs
+            )
+            out = await self.outbox.put(frame, len(topic) + len(repr(body)) + 64)
+            if self.is_open:
+                self._send_pub(out)
+            return await out.future
 
     def publish_nowait(self, topic: str, body: Any = None, *, parent: str | None = None) -> str:
         """Fire and forget (no ``puback``, not buffered): for signals. Raises if not connected."""

@@ -12,6 +12,7 @@ from typing import Any
 from tidings.protocol import frames as f
 from tidings.sdk.context import current_message
 from tidings.sdk.subscription import Message, Subscription
+from tidings.tracing import TRACEPARENT
 
 log = logging.getLogger("tidings.sdk")
 
@@ -71,8 +72,15 @@ async def handle_one(spec: HandlerSpec, msg: Message, work: Work | None = None) 
     """Run the handler for one message: ack on success, nack on an exception."""
     token = current_message.set(msg.raw)
     msg._started = time.monotonic_ns()
+    tracer = msg._sub.agent.tracer
     try:
-        await spec.fn(msg)
+        with tracer.current(
+            f"handle {msg.topic}",
+            msg.headers.get(TRACEPARENT),
+            "CONSUMER",
+            **{"messaging.destination": msg.topic, "messaging.message.id": msg.id},
+        ):
+            await spec.fn(msg)
         msg._finished = time.monotonic_ns()
     except asyncio.CancelledError:
         task = asyncio.current_task()
