@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import UNIT
 from tests.control.conftest import start_node, stop_node
+from tests.reliability_helpers import free_port
 from tidings.auth import Authority
 
 pytestmark = pytest.mark.timeout(120)
@@ -172,3 +173,55 @@ def test_schemathesis_finds_no_server_error(served: Served, tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     health = httpx.get(f"{served.control}/healthz", timeout=5)
     assert health.status_code == 200
+
+
+def test_tidings_control_runs_alone_over_a_data_directory(tmp_path: Path) -> None:
+    """With no gateway holding the data directory, the control plane reads and writes it alone;
+    a command queued then is delivered when the gateway is back."""
+    data = tmp_path / "data"
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "control", "--control-port", str(port), "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"control plane on http://127.0.0.1:{port}" in line, line
+        admin = Authority.from_data_dir(data).mint("operator", admin=True)
+        headers = {"Authorization": f"Bearer {admin}"}
+        url = f"http://127.0.0.1:{port}"
+        made = httpx.post(f"{url}/v1/conversations", json={"topic": "conv/ops/offline"}, headers=headers)
+        assert made.status_code == 201, made.text
+        sent = httpx.post(f"{url}/v1/agents/ann/commands", json={"command": "start"}, headers=headers)
+        assert sent.status_code == 202 and sent.json()["online"] is False
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20 * UNIT)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    # the gateway, started afterwards on the same directory, knows the conversation and the command
+    served = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--port", "0", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert served.stdout is not None
+        control = ""
+        deadline = time.monotonic() + 30 * UNIT
+        while not control and time.monotonic() < deadline:
+            if m := re.search(r"control plane on (http://\S+)", served.stdout.readline()):
+                control = m.group(1)
+        got = httpx.get(f"{control}/v1/conversations/ops/offline", headers=headers)
+        assert got.status_code == 200 and got.json()["state"] == "open"
+        command = httpx.get(f"{control}/v1/agents/ann/commands/{sent.json()['offset']}", headers=headers)
+        assert command.status_code == 200 and command.json()["command"] == "start"
+    finally:
+        served.send_signal(signal.SIGTERM)
+        served.wait(timeout=20 * UNIT)
+        assert served.stdout is not None
+        served.stdout.close()
