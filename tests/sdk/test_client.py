@@ -9,6 +9,7 @@ import tidings
 from tests.conftest import UNIT, start_gateway
 from tests.reliability_helpers import free_port
 from tidings.auth import Authority
+from tidings.config import Settings
 from tidings.errors import ConnectionLost, Forbidden, InvalidTopic, Unauthorized
 from tidings.gateway import Gateway
 
@@ -263,3 +264,32 @@ async def test_iteration_raises_when_the_agent_gives_up(authority: Authority) ->
         await drain()
     assert agent.state is tidings.ConnectionState.CLOSED
     await agent.close()
+
+
+async def test_a_subscription_refused_with_retry_later_is_asked_again(authority: Authority) -> None:
+    """The engine answers retry_later once (as NATS does during a leader election); the SDK's
+    subscription retries after retry_after_ms instead of ending."""
+    from tidings.engine.embedded import EmbeddedEngine
+    from tidings.errors import RetryLater
+
+    class Electing(EmbeddedEngine):
+        refusals = 1
+
+        async def load_cursor(self, key: str) -> Any:
+            if self.refusals:
+                self.refusals -= 1
+                raise RetryLater("electing a leader", retry_after_ms=50)
+            return await super().load_cursor(key)
+
+    settings = Settings(port=0)
+    engine = Electing(settings.data_path, settings.shards)
+    gw = Gateway(settings, authority, engine=engine)
+    await gw.start()
+    try:
+        async with tidings.connect(gw.url, authority.mint("patient", **ALL)) as agent:
+            sub = agent.subscribe("conv/elect/x", consumer="patient")
+            ack = await agent.publish("conv/elect/x", "hello")
+            msg = await asyncio.wait_for(anext(aiter(sub)), 5 * UNIT)
+            assert msg.id == ack.id and engine.refusals == 0  # it was refused once, then taken
+    finally:
+        await gw.stop()

@@ -363,7 +363,13 @@ class Agent:
             else:
                 self.outbox.settle(msg_id, error=exc)
         elif rid in self._sub_rids:
-            self._sub_rids.pop(rid)._refused(exc)
+            sub = self._sub_rids.pop(rid)
+            if exc.retriable and sub in self._subs and not self._closing:
+                # e.g. retry_later while the engine elects a leader: ask again, don't give up
+                delay = frame.retry_after_ms / 1000 if frame.retry_after_ms else self.backoff.delay(1)
+                asyncio.get_running_loop().call_later(delay, self._resubscribe, sub)
+            else:
+                sub._refused(exc)
         elif rid in self._requests:
             fut = self._requests.pop(rid)
             if not fut.done():
@@ -380,6 +386,10 @@ class Agent:
         frame.rid = rid = next(self._rids)
         self._sub_rids[rid] = sub
         self._send(frame)
+
+    def _resubscribe(self, sub: Subscription) -> None:
+        if self.is_open and sub in self._subs and sub.sid is None and sub not in self._sub_rids.values():
+            self._send_sub(sub)
 
     def _send_pub(self, out: Outgoing) -> None:
         out.frame.rid = rid = next(self._rids)
