@@ -361,7 +361,13 @@ def engine_for(
 
         urls = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
         replicas = settings.nats_replicas or None
-        return NatsEngine(urls, settings.shards, replicas, retention=settings.retention)
+        return NatsEngine(
+            urls,
+            settings.shards,
+            replicas,
+            retention=settings.retention,
+            presence_lease_s=settings.presence_lease,
+        )
     return EmbeddedEngine(
         settings.data_path,
         settings.shards,
