@@ -32,9 +32,8 @@ async def test_round_trip(tmp_path: Path) -> None:
     await store.close()
 
 
-@pytest.mark.parametrize("sync_threads", [None, 1])
-async def test_offsets_increase_per_topic_across_shards(tmp_path: Path, sync_threads: int | None) -> None:
-    store = await Store.open(tmp_path, shards=4, trim_interval=None, sync_threads=sync_threads)
+async def test_offsets_increase_per_topic_across_shards(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path, shards=4, trim_interval=None)
     topics = [f"conv/g{g}/t" for g in range(8)]
     results = await asyncio.gather(*(store.append(t, f"id{i}", i, b"x") for i in range(20) for t in topics))
     for t in topics:

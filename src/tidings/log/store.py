@@ -20,7 +20,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -60,7 +59,6 @@ class Store:
         retention: Callable[[str], RetentionPolicy],
         segment_bytes: int,
         on_fatal: Callable[[BaseException], None] | None,
-        sync_threads: int,
     ) -> None:
         """Use ``Store.open``; this only builds the unopened shards."""
         self.directory = directory
@@ -74,7 +72,6 @@ class Store:
         self._closed = False
         #: The exception of the failed write or sync that stopped the store, if any.
         self.failed: BaseException | None = None
-        self._executor = ThreadPoolExecutor(sync_threads, thread_name_prefix="tidings-log")
         self.shards = [
             Shard(
                 n,
@@ -83,7 +80,6 @@ class Store:
                 segment_bytes=segment_bytes,
                 subscribers=self._subscribers,
                 on_fatal=self._fatal,
-                executor=self._executor,
                 retention=retention,
             )
             for n in range(shards)
@@ -100,7 +96,6 @@ class Store:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         on_fatal: Callable[[BaseException], None] | None = None,
         trim_interval: float | None = 1.0,
-        sync_threads: int | None = None,
     ) -> Store:
         """Open (or create) the store in ``directory`` and recover every shard.
 
@@ -110,9 +105,8 @@ class Store:
         fdatasync fails: from then on every append raises ``SyncFailed`` and the
         server must stop, because the page cache may no longer match the disk.
 
-        Blocking file work (write + fdatasync of each batch) runs in a pool of
-        ``sync_threads`` threads shared by the shards (default: one per shard; each
-        shard has at most one job in flight, so fewer threads serialise the syncs).
+        Each shard writes and fdatasyncs its batches in a thread of its own
+        (``writer.py``), one batch at a time.
 
         Raises ``CorruptLog`` when a file is damaged other than at its tail, and
         ``StorageError`` when the directory is locked by another store or was created
@@ -123,7 +117,6 @@ class Store:
         fs.makedirs(root)
         lock = fs.lock(root / "LOCK")
         opened: list[Shard] = []
-        store: Store | None = None
         try:
             cls._check_meta(fs, root, shards)
             store = cls(
@@ -134,7 +127,6 @@ class Store:
                 retention=retention or _unlimited,
                 segment_bytes=segment_bytes,
                 on_fatal=on_fatal,
-                sync_threads=sync_threads or shards,
             )
             for shard in store.shards:
                 await shard.open()
@@ -142,8 +134,6 @@ class Store:
         except BaseException:
             for shard in opened:
                 await shard.close()
-            if store is not None:
-                store._executor.shutdown()
             fs.unlock(lock)
             raise
         if trim_interval is not None:
@@ -298,5 +288,4 @@ class Store:
                 await self._trimmer
         for shard in self.shards:
             await shard.close()
-        self._executor.shutdown()
         self._fs.unlock(self._lock)
