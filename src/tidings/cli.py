@@ -390,7 +390,7 @@ def bench(
         list[float] | None,
         typer.Option(help="w3: publishes/s per agent; repeat for rising loads (stops once p99 >= 50 ms)."),
     ] = None,
-    processes: Annotated[int, typer.Option(help="Load-generator processes (w3).")] = 4,
+    processes: Annotated[int, typer.Option(help="Load-generator processes (w2, w3).")] = 4,
     duration: Annotated[float, typer.Option(help="Seconds to measure.")] = 5.0,
     body_bytes: Annotated[int | None, typer.Option(help="Message body size (w1 64, w2 and w3 200).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -401,7 +401,7 @@ def bench(
     if workload == "w1":
         result = w1.run(subscribers=subscribers, body_bytes=body_bytes or 64, duration=duration)
     elif workload == "w2":
-        result = w2.run(publishers, duration, body_bytes or 200, connections)
+        result = w2.run(publishers, duration, body_bytes or 200, connections, processes=processes)
     elif workload == "w3":
         result = w3.run(agents, conversations, rate or [2.0], duration, body_bytes or 200, processes)
     elif workload == "w4":
