@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +102,14 @@ async def _load(
     connections: int | None = None,
     first_conn: int = 0,
     conn_count: int | None = None,
-    start: int | None = None,
-    warmup: float = 0.5,
+    start_at: Callable[[], Awaitable[int]] | None = None,
+    warmup: float = WARMUP,
 ) -> dict[str, Any]:
     """Drive connections ``first_conn ..`` (``conn_count`` of them, default all) of W2.
 
-    The measured window starts ``warmup`` seconds after ``start`` (``time.monotonic_ns``,
-    shared by the worker processes; default: as soon as every connection is up).
-    Returns the window's figures with the raw ``latencies`` (seconds).
+    Once they are up, ``start_at()`` gives the instant (``time.monotonic_ns``, shared
+    by the worker processes) to start publishing; the measured window begins
+    ``warmup`` seconds later. Returns the window's figures with the raw ``latencies``.
     """
     latencies: list[float] = []
     conns: list[Publishers] = []
@@ -123,8 +123,7 @@ async def _load(
         )
         assert isinstance(listener, Publishers)
         conns.append(listener)
-    if start is None:
-        start = time.monotonic_ns() + 200_000_000
+    start = await start_at() if start_at is not None else time.monotonic_ns() + 200_000_000
     await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
     for p in conns:  # warm-up
         p.running = True
@@ -155,15 +154,26 @@ def _worker(
     connections: int,
     first_conn: int,
     conn_count: int,
-    start: int,
+    start: Any,
+    go: Any,
     pin: bool,
     out: Any,
 ) -> None:
-    """One load-generator process (spawned): its share of the connections, on core 1."""
+    """One load-generator process (spawned): its share of the connections, on core 1.
+
+    Puts ``None`` on ``out`` once connected, waits for the parent to set ``start``
+    and ``go``, then puts its figures.
+    """
     if pin:
         pin_to(1)
+
+    async def start_at() -> int:
+        out.put(None)
+        await asyncio.to_thread(go.wait)
+        return int(start.value)
+
     result = uvloop.run(
-        _load(url, publishers, duration, body_bytes, connections, first_conn, conn_count, start, WARMUP)
+        _load(url, publishers, duration, body_bytes, connections, first_conn, conn_count, start_at)
     )
     result["latencies"] = array("d", result["latencies"]).tobytes()
     out.put(result)
@@ -184,17 +194,21 @@ def _drive(
     processes = max(1, min(processes, n_conn))
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    # Spawning and connecting take a while: the workers start together, at ``start``.
-    start = time.monotonic_ns() + int((2.0 + 0.02 * n_conn) * 1e9)
+    start, go = ctx.Value("q", 0), ctx.Event()  # set once every worker is connected
     procs = []
     for w in range(processes):
         first = w * n_conn // processes
         count = (w + 1) * n_conn // processes - first
-        args = (url, publishers, duration, body_bytes, n_conn, first, count, start, pin, out)
+        args = (url, publishers, duration, body_bytes, n_conn, first, count, start, go, pin, out)
         proc = ctx.Process(target=_worker, args=args, daemon=True)
         proc.start()
         procs.append(proc)
-    time.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9 + WARMUP))
+    for _ in procs:
+        if out.get(timeout=120) is not None:
+            raise RuntimeError("a W2 worker answered before it was connected")
+    start.value = begin = time.monotonic_ns() + 100_000_000
+    go.set()
+    time.sleep(max(0.0, (begin - time.monotonic_ns()) / 1e9 + WARMUP))
     cpu = -cpu_seconds()
     time.sleep(duration)
     cpu += cpu_seconds()
