@@ -193,6 +193,19 @@ async def test_directory_is_locked_and_shard_count_fixed(tmp_path: Path) -> None
     await store.close()  # idempotent
 
 
+async def test_shard_count_defaults_to_one_and_then_to_the_directory_s(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "new", trim_interval=None)
+    assert len(store.shards) == 1
+    await store.close()
+    store = await Store.open(tmp_path / "old", shards=4, trim_interval=None)
+    await store.append(TOPIC, "a", 1, b"x")
+    await store.close()
+    store = await Store.open(tmp_path / "old", trim_interval=None)  # unset: what it was created with
+    assert len(store.shards) == 4
+    assert [r.id for r in store.read(TOPIC, 0)] == ["a"]
+    await store.close()
+
+
 async def test_refuses_bad_input_and_appends_after_close(tmp_path: Path) -> None:
     store = await Store.open(tmp_path, trim_interval=None)
     with pytest.raises(InvalidTopic):

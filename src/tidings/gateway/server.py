@@ -29,7 +29,7 @@ from picows import (
 import tidings
 from tidings.auth import Authority
 from tidings.catalog import SYSTEM_SENDER, Catalog
-from tidings.config import Settings
+from tidings.config import DEFAULT_NATS_SHARDS, Settings
 from tidings.engine.base import Engine
 from tidings.engine.embedded import EmbeddedEngine
 from tidings.errors import InvalidFrame
@@ -339,7 +339,8 @@ def engine_for(
 
         urls = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
         replicas = settings.nats_replicas or None
-        return NatsEngine(urls, settings.shards, replicas, retention=settings.retention)
+        shards = settings.shards or DEFAULT_NATS_SHARDS
+        return NatsEngine(urls, shards, replicas, retention=settings.retention)
     return EmbeddedEngine(
         settings.data_path,
         settings.shards,

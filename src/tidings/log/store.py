@@ -31,6 +31,10 @@ from tidings.log.types import UNLIMITED, AppendResult, RetentionPolicy, StoredRe
 from tidings.protocol.topics import shard_of, validate_topic
 
 FORMAT = 1
+#: Shards of a new store when the caller does not say. One: on a single disk,
+#: fdatasyncs of different files barely overlap, so every extra shard splits the
+#: group commits into smaller ones (docs/storage.md, "Shards on one disk").
+DEFAULT_SHARDS = 1
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 #: Topics whose shard is remembered rather than recomputed (validation + CRC) per call.
 ROUTE_CACHE = 1 << 20
@@ -89,7 +93,7 @@ class Store:
     async def open(
         cls,
         directory: str | Path,
-        shards: int = 8,
+        shards: int | None = None,
         *,
         retention: Callable[[str], RetentionPolicy] | None = None,
         files: FileSystem | None = None,
@@ -98,6 +102,9 @@ class Store:
         trim_interval: float | None = 1.0,
     ) -> Store:
         """Open (or create) the store in ``directory`` and recover every shard.
+
+        ``shards`` is fixed when the store is created; None takes the count an
+        existing store was created with, or ``DEFAULT_SHARDS`` for a new one.
 
         ``retention(topic)`` gives each topic's policy (default: keep everything);
         it is applied by ``trim()``, which runs every ``trim_interval`` seconds
@@ -118,7 +125,7 @@ class Store:
         lock = fs.lock(root / "LOCK")
         opened: list[Shard] = []
         try:
-            cls._check_meta(fs, root, shards)
+            shards = cls._check_meta(fs, root, shards)
             store = cls(
                 root,
                 shards,
@@ -143,19 +150,22 @@ class Store:
         return store
 
     @staticmethod
-    def _check_meta(fs: FileSystem, root: Path, shards: int) -> None:
-        if shards < 1:
+    def _check_meta(fs: FileSystem, root: Path, shards: int | None) -> int:
+        """The store's shard count: checked against (or taken from) ``store.json``, or written there."""
+        if shards is not None and shards < 1:
             raise ValueError("a store needs at least one shard")
         path = root / "store.json"
         if fs.exists(path):
             meta = msgspec.json.decode(fs.read_all(path), type=_Meta)
-            if meta.format != FORMAT or meta.shards != shards:
+            if meta.format != FORMAT or meta.shards != (shards or meta.shards):
                 raise StorageError(
                     f"{root} holds format {meta.format} with {meta.shards} shards; "
                     f"asked for format {FORMAT} with {shards} shards"
                 )
-        else:
-            fs.write_atomic(path, msgspec.json.encode(_Meta(FORMAT, shards)))
+            return meta.shards
+        shards = shards or DEFAULT_SHARDS
+        fs.write_atomic(path, msgspec.json.encode(_Meta(FORMAT, shards)))
+        return shards
 
     def _fatal(self, exc: BaseException) -> None:
         if self.failed is not None:
