@@ -67,6 +67,10 @@ def default_namespaces() -> dict[str, NamespacePolicy]:
     }
 
 
+#: JetStream streams per durable namespace when ``Settings.shards`` is unset.
+DEFAULT_NATS_SHARDS = 8
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 7700
@@ -78,8 +82,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_frame_bytes: int = 1024 * 1024
     max_subscriptions: int = 1000
     max_topic_length: int = 256
-    #: shards of the durable log: shard = crc32(group) mod shards
-    shards: int = 8
+    #: shards of the durable log: shard = crc32(group) mod shards. Unset: the embedded
+    #: engine keeps the count its data directory was created with, and creates new
+    #: ones with 1 (docs/decisions.md, "Shards"); the NATS engine uses 8 streams.
+    shards: int | None = None
     #: seconds SIGTERM waits for connections to drain before closing them
     drain_timeout: float = 5.0
     #: bytes a connection may have waiting to be written; past it, live deliveries
@@ -145,13 +151,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "max_frame_bytes",
             "max_subscriptions",
             "max_topic_length",
-            "shards",
             "max_outbound_bytes",
             "max_unacked_publishes",
             "max_write_queue",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.shards is not None and self.shards < 1:
+            raise ValueError("shards must be at least 1")
 
     @property
     def data_path(self) -> Path:

@@ -32,9 +32,8 @@ async def test_round_trip(tmp_path: Path) -> None:
     await store.close()
 
 
-@pytest.mark.parametrize("sync_threads", [None, 1])
-async def test_offsets_increase_per_topic_across_shards(tmp_path: Path, sync_threads: int | None) -> None:
-    store = await Store.open(tmp_path, shards=4, trim_interval=None, sync_threads=sync_threads)
+async def test_offsets_increase_per_topic_across_shards(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path, shards=4, trim_interval=None)
     topics = [f"conv/g{g}/t" for g in range(8)]
     results = await asyncio.gather(*(store.append(t, f"id{i}", i, b"x") for i in range(20) for t in topics))
     for t in topics:
@@ -192,6 +191,19 @@ async def test_directory_is_locked_and_shard_count_fixed(tmp_path: Path) -> None
     store = await Store.open(tmp_path, shards=4, trim_interval=None)
     await store.close()
     await store.close()  # idempotent
+
+
+async def test_shard_count_defaults_to_one_and_then_to_the_directory_s(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "new", trim_interval=None)
+    assert len(store.shards) == 1
+    await store.close()
+    store = await Store.open(tmp_path / "old", shards=4, trim_interval=None)
+    await store.append(TOPIC, "a", 1, b"x")
+    await store.close()
+    store = await Store.open(tmp_path / "old", trim_interval=None)  # unset: what it was created with
+    assert len(store.shards) == 4
+    assert [r.id for r in store.read(TOPIC, 0)] == ["a"]
+    await store.close()
 
 
 async def test_refuses_bad_input_and_appends_after_close(tmp_path: Path) -> None:

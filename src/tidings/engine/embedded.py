@@ -80,14 +80,15 @@ class EmbeddedEngine(Engine):
     def __init__(
         self,
         data_dir: Path,
-        shards: int = 8,
+        shards: int | None = None,
         retention: Callable[[str], RetentionPolicy] | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
         trim_interval: float = 1.0,
         files: FileSystem | None = None,
         max_write_queue: int = 50_000,
     ) -> None:
-        """``files`` is the log's file interface (a fault-injecting one in tests);
+        """``shards``: of a new log (None: the existing log's count, or ``Store``'s default, 1);
+        ``files`` is the log's file interface (a fault-injecting one in tests);
         ``max_write_queue`` bounds each shard's queued appends (``RetryLater`` past it)."""
         self.max_write_queue = max_write_queue
         self.data_dir = data_dir

@@ -29,7 +29,7 @@ from picows import (
 import tidings
 from tidings.auth import Authority
 from tidings.catalog import SYSTEM_SENDER, Catalog
-from tidings.config import Settings
+from tidings.config import DEFAULT_NATS_SHARDS, Settings
 from tidings.engine.base import Engine
 from tidings.engine.embedded import EmbeddedEngine
 from tidings.errors import InvalidFrame
@@ -363,7 +363,7 @@ def engine_for(
         replicas = settings.nats_replicas or None
         return NatsEngine(
             urls,
-            settings.shards,
+            settings.shards or DEFAULT_NATS_SHARDS,
             replicas,
             retention=settings.retention,
             presence_lease_s=settings.presence_lease,

@@ -1,9 +1,11 @@
 """One shard of the log: a single writer task with group commit, the index, retention.
 
-Appends are encoded and queued in the event loop. One writer task per shard takes
-everything queued, frames it as one batch, and hands it to the shard's own writer
-thread for one write() and one fdatasync(). Appends that arrive meanwhile queue up
-and form the next batch: the slower the disk, the larger the batches.
+Appends are encoded and queued in the event loop. Whenever the shard's writer
+thread (``writer.py``) is idle, the shard takes everything queued, frames it as one
+batch, and hands it to that thread for one write() and one fdatasync(). Appends that
+arrive meanwhile queue up and form the next batch: the slower the disk, the larger
+the batches. The first batch after an idle spell starts at the end of the loop turn
+in which its first append arrived, so every append read in that turn joins it.
 
 When a batch is durable, in one synchronous step of the event loop the shard (1)
 indexes its records, so read() and head() see them, (2) calls every append
@@ -16,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from bisect import bisect_right
 from collections.abc import Callable
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +30,7 @@ from tidings.log.index import TopicIndex
 from tidings.log.record import BATCH_HEADER, decode_record, encode_batch, encode_record
 from tidings.log.segment import Segment, parse_segment_name, segment_name
 from tidings.log.types import AppendResult, RetentionPolicy, StoredRecord
+from tidings.log.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ class Shard:
         segment_bytes: int,
         subscribers: list[AppendCallback],
         on_fatal: Callable[[BaseException], None],
-        executor: Executor,
         retention: Callable[[str], RetentionPolicy] | None = None,
     ) -> None:
         self.number = number
@@ -98,32 +98,44 @@ class Shard:
         self._dup_waiters: list[tuple[int, asyncio.Future[AppendResult]]] = []
         self._failed: BaseException | None = None
         self._closing = False
-        self._wake = asyncio.Event()
+        #: a batch is scheduled or with the writer thread; the next one waits for it
+        self._writing = False
+        self._drained: asyncio.Future[None] | None = None  # close() waits for the last batch
         self._trim_lock = asyncio.Lock()
-        # Blocking file work runs here. At most one job of this shard is in flight at a
-        # time (the writer awaits each), so a pool shared by shards keeps shard order.
-        self._executor = executor
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: Writer | None = None
         self._loop = asyncio.get_running_loop()
 
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
         """Recover the shard from its files and start its writer. Raises ``CorruptLog``."""
-        loop = self._loop
         try:
-            await loop.run_in_executor(self._executor, self._recover)
+            await asyncio.to_thread(self._recover)
         except BaseException:
             self._close_files()
             raise
-        self._writer = loop.create_task(self._write_loop(), name=f"tidings-log-writer-{self.number}")
+        self._writer = Writer(
+            f"tidings-log-writer-{self.number}",
+            self._fs,
+            self.directory,
+            self._segments[-1],
+            segment_bytes=self._segment_bytes,
+            loop=self._loop,
+            on_written=self._written,
+            on_failed=self._write_failed,
+        )
+        self._writer.start()
 
     async def close(self) -> None:
         """Write what is queued, stop the writer, and close the files."""
         self._closing = True
-        self._wake.set()
-        if self._writer is not None:
-            await self._writer
+        writer = self._writer
+        if writer is not None:
+            if self._writing and self._failed is None:
+                self._drained = self._loop.create_future()
+                await self._drained
+            writer.stop()
+            await asyncio.to_thread(writer.join)
         async with self._trim_lock:
             self._close_files()
 
@@ -205,9 +217,10 @@ class Shard:
         self._next = offset + 1
         self._pending.append(_Pending(offset, ts, topic, msg_id, payload, record, future))
         inflight[key] = offset
-        wake = self._wake
-        if not wake.is_set():
-            wake.set()
+        if not self._writing:
+            # At the end of this loop turn, so that every append of the turn joins the batch.
+            self._writing = True
+            self._loop.call_soon(self._start_batch)
         return future
 
     def _refuse(self) -> None:
@@ -215,57 +228,47 @@ class Shard:
             raise SyncFailed(f"shard {self.number} stopped after a failed sync: {self._failed}")
         raise StorageError("the store is closed")
 
-    async def _write_loop(self) -> None:
+    def _start_batch(self) -> None:
+        """Hand everything queued to the writer thread as one batch (or go idle)."""
+        if not self._pending or self._failed is not None:
+            self._idle()
+            return
+        batch = self._batch = self._pending
+        self._pending = []
         try:
-            await self._write_batches()
-        except Exception as exc:  # a bug here must not leave appends waiting forever
-            log.exception("shard %d: writer crashed", self.number)
-            self._fail(exc, self._batch)
-
-    async def _write_batches(self) -> None:
-        loop = self._loop
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = self._batch = self._pending
-            self._pending = []
             data = encode_batch([p.record for p in batch])
-            active = self._segments[-1]
-            roll = active.size > 0 and active.size + len(data) > self._segment_bytes
-            started = time.perf_counter()
-            try:
-                segment, position = await loop.run_in_executor(
-                    self._executor, self._write_batch, data, active, batch[0].offset if roll else 0
-                )
-            except Exception as exc:  # any failure leaves the batch's durability unknown
-                self._fail(exc, batch)
-                return
+            assert self._writer is not None
+            self._writer.write(data, batch[0].offset)
+        except Exception as exc:  # a bug here must not leave appends waiting forever
+            log.exception("shard %d: handing a batch to the writer failed", self.number)
+            self._fail(exc, batch)
+
+    def _idle(self) -> None:
+        self._writing = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _written(self, segment: Segment, position: int, seconds: float) -> None:
+        """The writer thread made the current batch durable (called in the loop)."""
+        batch = self._batch
+        try:
             if self.stats.observer is not None:
-                self.stats.observer(time.perf_counter() - started, len(batch))
-            if segment is not active:
+                self.stats.observer(seconds, len(batch))
+            if segment is not self._segments[-1]:
                 self._segments.append(segment)
                 self._bases.append(segment.base)
             self._commit(batch, segment, position)
-            if segment.needs_space(self._segment_bytes):
-                # Off the acknowledgement path: appends queue meanwhile and form a larger batch.
-                try:
-                    await loop.run_in_executor(self._executor, segment.preallocate, self._segment_bytes)
-                except Exception as exc:
-                    self._fail(exc, [])
-                    return
+        except Exception as exc:  # a bug here must not leave appends waiting forever
+            log.exception("shard %d: committing a batch failed", self.number)
+            self._fail(exc, batch)
+            return
+        self._batch = []
+        # Everything that queued during this sync goes next, at once.
+        self._start_batch()
 
-    def _write_batch(self, data: bytes, segment: Segment, roll_base: int) -> tuple[Segment, int]:
-        # In the writer thread. The old segment is sealed, and the new one's directory
-        # entry synced, before the batch is written to it.
-        if roll_base:
-            segment.seal()
-            segment = Segment.create(self._fs, self.directory, roll_base)
-            self._fs.fsync_dir(self.directory)
-        return segment, segment.append(data)
+    def _write_failed(self, exc: BaseException) -> None:
+        """The writer thread's write or fdatasync failed (called in the loop): fatal."""
+        self._fail(exc, self._batch)
 
     def _commit(self, batch: list[_Pending], segment: Segment, position: int) -> None:
         topics, inflight = self._topics, self._inflight
@@ -306,6 +309,8 @@ class Shard:
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
         self.fail(exc)
+        self._batch = []
+        self._idle()
         log.critical("shard %d: write or fdatasync failed, stopping: %r", self.number, exc)
         self._on_fatal(exc)
         for p in batch:
@@ -323,7 +328,6 @@ class Shard:
         for future in waiters:
             if not future.done():
                 future.set_exception(SyncFailed(f"shard {self.number} stopped after a failed sync: {exc}"))
-        self._wake.set()
 
     # -- reading ---------------------------------------------------------------
 

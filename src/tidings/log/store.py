@@ -20,7 +20,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -32,6 +31,10 @@ from tidings.log.types import UNLIMITED, AppendResult, RetentionPolicy, StoredRe
 from tidings.protocol.topics import shard_of, validate_topic
 
 FORMAT = 1
+#: Shards of a new store when the caller does not say. One: on a single disk,
+#: fdatasyncs of different files barely overlap, so every extra shard splits the
+#: group commits into smaller ones (docs/storage.md, "Shards on one disk").
+DEFAULT_SHARDS = 1
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 #: Topics whose shard is remembered rather than recomputed (validation + CRC) per call.
 ROUTE_CACHE = 1 << 20
@@ -60,7 +63,6 @@ class Store:
         retention: Callable[[str], RetentionPolicy],
         segment_bytes: int,
         on_fatal: Callable[[BaseException], None] | None,
-        sync_threads: int,
     ) -> None:
         """Use ``Store.open``; this only builds the unopened shards."""
         self.directory = directory
@@ -74,7 +76,6 @@ class Store:
         self._closed = False
         #: The exception of the failed write or sync that stopped the store, if any.
         self.failed: BaseException | None = None
-        self._executor = ThreadPoolExecutor(sync_threads, thread_name_prefix="tidings-log")
         self.shards = [
             Shard(
                 n,
@@ -83,7 +84,6 @@ class Store:
                 segment_bytes=segment_bytes,
                 subscribers=self._subscribers,
                 on_fatal=self._fatal,
-                executor=self._executor,
                 retention=retention,
             )
             for n in range(shards)
@@ -93,16 +93,18 @@ class Store:
     async def open(
         cls,
         directory: str | Path,
-        shards: int = 8,
+        shards: int | None = None,
         *,
         retention: Callable[[str], RetentionPolicy] | None = None,
         files: FileSystem | None = None,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         on_fatal: Callable[[BaseException], None] | None = None,
         trim_interval: float | None = 1.0,
-        sync_threads: int | None = None,
     ) -> Store:
         """Open (or create) the store in ``directory`` and recover every shard.
+
+        ``shards`` is fixed when the store is created; None takes the count an
+        existing store was created with, or ``DEFAULT_SHARDS`` for a new one.
 
         ``retention(topic)`` gives each topic's policy (default: keep everything);
         it is applied by ``trim()``, which runs every ``trim_interval`` seconds
@@ -110,9 +112,8 @@ class Store:
         fdatasync fails: from then on every append raises ``SyncFailed`` and the
         server must stop, because the page cache may no longer match the disk.
 
-        Blocking file work (write + fdatasync of each batch) runs in a pool of
-        ``sync_threads`` threads shared by the shards (default: one per shard; each
-        shard has at most one job in flight, so fewer threads serialise the syncs).
+        Each shard writes and fdatasyncs its batches in a thread of its own
+        (``writer.py``), one batch at a time.
 
         Raises ``CorruptLog`` when a file is damaged other than at its tail, and
         ``StorageError`` when the directory is locked by another store or was created
@@ -123,9 +124,8 @@ class Store:
         fs.makedirs(root)
         lock = fs.lock(root / "LOCK")
         opened: list[Shard] = []
-        store: Store | None = None
         try:
-            cls._check_meta(fs, root, shards)
+            shards = cls._check_meta(fs, root, shards)
             store = cls(
                 root,
                 shards,
@@ -134,7 +134,6 @@ class Store:
                 retention=retention or _unlimited,
                 segment_bytes=segment_bytes,
                 on_fatal=on_fatal,
-                sync_threads=sync_threads or shards,
             )
             for shard in store.shards:
                 await shard.open()
@@ -142,8 +141,6 @@ class Store:
         except BaseException:
             for shard in opened:
                 await shard.close()
-            if store is not None:
-                store._executor.shutdown()
             fs.unlock(lock)
             raise
         if trim_interval is not None:
@@ -153,19 +150,22 @@ class Store:
         return store
 
     @staticmethod
-    def _check_meta(fs: FileSystem, root: Path, shards: int) -> None:
-        if shards < 1:
+    def _check_meta(fs: FileSystem, root: Path, shards: int | None) -> int:
+        """The store's shard count: checked against (or taken from) ``store.json``, or written there."""
+        if shards is not None and shards < 1:
             raise ValueError("a store needs at least one shard")
         path = root / "store.json"
         if fs.exists(path):
             meta = msgspec.json.decode(fs.read_all(path), type=_Meta)
-            if meta.format != FORMAT or meta.shards != shards:
+            if meta.format != FORMAT or meta.shards != (shards or meta.shards):
                 raise StorageError(
                     f"{root} holds format {meta.format} with {meta.shards} shards; "
                     f"asked for format {FORMAT} with {shards} shards"
                 )
-        else:
-            fs.write_atomic(path, msgspec.json.encode(_Meta(FORMAT, shards)))
+            return meta.shards
+        shards = shards or DEFAULT_SHARDS
+        fs.write_atomic(path, msgspec.json.encode(_Meta(FORMAT, shards)))
+        return shards
 
     def _fatal(self, exc: BaseException) -> None:
         if self.failed is not None:
@@ -298,5 +298,4 @@ class Store:
                 await self._trimmer
         for shard in self.shards:
             await shard.close()
-        self._executor.shutdown()
         self._fs.unlock(self._lock)
