@@ -363,7 +363,14 @@ class Agent:
             else:
                 self.outbox.settle(msg_id, error=exc)
         elif rid in self._sub_rids:
-            self._sub_rids.pop(rid)._refused(exc)
+            sub = self._sub_rids.pop(rid)
+            if exc.retriable:
+                # E.g. the gateway could not read a durable cursor during an election: refusing
+                # the subscription for good would stop its handler while the agent reconnects.
+                delay = frame.retry_after_ms / 1000 if frame.retry_after_ms else self.backoff.delay(1)
+                asyncio.get_running_loop().call_later(delay, self._resubscribe, sub)
+            else:
+                sub._refused(exc)
         elif rid in self._requests:
             fut = self._requests.pop(rid)
             if not fut.done():
@@ -386,6 +393,11 @@ class Agent:
         assert out.frame.id is not None
         self._pub_rids[rid] = out.frame.id
         self._send(out.frame)
+
+    def _resubscribe(self, sub: Subscription) -> None:
+        """Send ``sub`` again after a retriable refusal, unless a reconnect already did."""
+        if sub in self._subs and self.is_open and sub.sid is None and sub not in self._sub_rids.values():
+            self._send_sub(sub)
 
     def _resend(self, msg_id: str) -> None:
         out = self.outbox.items.get(msg_id)
@@ -547,7 +559,9 @@ class Agent:
         with ``msg.causally_late`` set).
         With ``streams=True`` it also yields a stream-open message when a
         stream begins on a matching topic (see ``msg.chunks()``).
-        Iterate the result, or await it to know the server has it.
+        Iterate the result, or await it to know the server has it. A refusal
+        that is retriable (``retry_later``) is not raised: the ``sub`` is sent
+        again after ``retry_after_ms``.
         """
         position = f.Position(offset=start) if isinstance(start, int) else start
         return Subscription(
