@@ -8,8 +8,12 @@ spread over both gateways, each knowing both URLs. Every cycle, after a seeded
 pause, it SIGKILLs one random NATS node and one random gateway at two random
 moments, restarts both (the node from its store, the gateway on its port) and
 waits until the node reports JetStream healthy, so that at most one node is ever
-behind. At the end the publishers stop, a fresh reader drains every topic from
-offset 0 and the checker judges the whole history, as in ``crashloop``.
+behind. At the end the publishers stop; every durable consumer must then get
+every acknowledged message (at least once) within ``CATCH_UP_S``; a fresh
+reader drains every topic from offset 0 and the checker judges the whole
+history, as in ``crashloop``. The checker does not judge whether consumers got
+everything (only what they got), so the loop does: ``missing`` counts, per
+consumer, the acknowledged messages it never got.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import random
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,8 @@ from tidings.auth import Authority
 from tidings.cluster import NatsCluster, free_ports, start_gateway
 
 GATEWAYS = 2
+#: how long the consumers have, after the last publish, to get every acknowledged message
+CATCH_UP_S = 120.0
 
 
 @dataclass
@@ -40,6 +47,11 @@ class NatsLoopResult:
     history: Path
     #: how long each cycle waited for the restarted node to be healthy (s)
     recoveries: list[float]
+    #: consumer -> acknowledged messages it never got; and how long the last of them took
+    missing: dict[str, int]
+    catch_up_s: float
+    #: subscriptions of the consumer agents that the SDK gave up (should be none)
+    refused: list[str]
 
 
 class _Gateways:
@@ -101,6 +113,10 @@ async def run_nats_crash_loop(
     agents: list[tidings.Agent] = []
     tasks: list[asyncio.Task[None]] = []
     recoveries: list[float] = []
+    got: dict[str, set[str]] = {f"c{c}": set() for c in range(consumers)}
+    missing: dict[str, int] = {}
+    catch_up_s = 0.0
+    refused: list[str] = []
     done = 0
 
     def spread(i: int) -> list[str]:  # agent i starts on gateway i % 2 and knows both
@@ -111,7 +127,7 @@ async def run_nats_crash_loop(
             await asyncio.to_thread(gateways.start, i)
         for c in range(consumers):
             agent = tidings.connect(spread(c), token, name=f"consumer-{c}", backoff=backoff)
-            agent.on("conv/>", consumer=f"c{c}", concurrency=64)(recording_handler(rec, f"c{c}"))
+            agent.on("conv/>", consumer=f"c{c}", concurrency=64)(_counting(rec, f"c{c}", got[f"c{c}"]))
             agents.append(agent)
         for p in range(publishers):
             agents.append(tidings.connect(spread(p + 1), token, name=f"publisher-{p}", backoff=backoff))
@@ -160,8 +176,17 @@ async def run_nats_crash_loop(
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # Let the consumers catch up before the drain (their lag is not judged, only order).
-        await asyncio.sleep(2.0 * UNIT)
+        rec.flush()
+        acked = {
+            ev["value"]["id"] for ev in read_history(history) if ev["f"] == "publish" and ev["type"] == "ok"
+        }
+        t0 = time.monotonic()
+        deadline = t0 + CATCH_UP_S * UNIT
+        while any(acked - ids for ids in got.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        catch_up_s = time.monotonic() - t0
+        missing = {name: len(acked - ids) for name, ids in got.items()}
+        refused = [f"{a.name} {sub.pattern}: {sub._error!r}" for a in agents for sub in a._subs if sub._error]
         await drain(gateways.urls[0], token, names, rec)
     finally:
         for task in tasks:
@@ -173,4 +198,15 @@ async def run_nats_crash_loop(
         await asyncio.to_thread(gateways.stop)
         await asyncio.to_thread(cluster.stop)
     report = check(read_history(history))
-    return NatsLoopResult(report, done, time.monotonic() - started, history, recoveries)
+    seconds = time.monotonic() - started
+    return NatsLoopResult(report, done, seconds, history, recoveries, missing, catch_up_s, refused)
+
+
+def _counting(rec: Recorder, consumer: str, got: set[str]) -> Callable[[tidings.Message], Awaitable[None]]:
+    record = recording_handler(rec, consumer)
+
+    async def handle(msg: tidings.Message) -> None:
+        got.add(msg.id)
+        await record(msg)
+
+    return handle

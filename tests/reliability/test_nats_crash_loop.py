@@ -22,9 +22,13 @@ def _verdict(result: NatsLoopResult) -> None:
     worst = max(result.recoveries, default=0.0)
     print(
         f"\n{result.cycles} cycles (a NATS node and a gateway killed in each) in {result.seconds:.0f} s;"
-        f" a killed node was healthy again within {worst:.1f} s: {report.summary()}"
+        f" a killed node was healthy again within {worst:.1f} s: {report.summary()};"
+        f" acknowledged but never delivered, per consumer: {result.missing}"
+        f" (caught up {result.catch_up_s:.1f} s after the last publish)"
     )
     assert report.valid, report.as_dict()
+    assert not result.refused, result.refused
+    assert all(n == 0 for n in result.missing.values()), "a consumer never got acknowledged messages"
     assert report.lost.count == 0 and report.lost_middle.count == 0
     assert report.deliveries > 0
     assert report.acknowledged > result.cycles * 10, "publishers got acknowledgements between the kills"
