@@ -366,19 +366,52 @@ def bench(
         typer.Option(help="w3: publishes/s per agent; repeat for rising loads (stops once p99 >= 50 ms)."),
     ] = None,
     processes: Annotated[int, typer.Option(help="Load-generator processes (w3).")] = 4,
+    p99_limit_ms: Annotated[
+        float, typer.Option(help="w3: stop raising the load after a step whose p99 reaches this.")
+    ] = 50.0,
     duration: Annotated[float, typer.Option(help="Seconds to measure.")] = 5.0,
     body_bytes: Annotated[int | None, typer.Option(help="Message body size (w1 64, w2 and w3 200).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="w1, w3: gateways already running (repeat for several, e.g. those of 'tidings cluster "
+            "up' with TIDINGS_ALLOW_ANONYMOUS=1) instead of a fresh local server."
+        ),
+    ] = None,
+    server_pid: Annotated[
+        list[int] | None,
+        typer.Option(help="With --url: processes whose CPU time counts as the server's (repeat)."),
+    ] = None,
 ) -> None:
     """Run one benchmark workload against a fresh local server and print its figures."""
     from tidings.bench import w1, w2, w3, w4
 
+    if url and workload not in ("w1", "w3"):
+        typer.echo("error: --url works with w1 and w3", err=True)
+        raise typer.Exit(2)
     if workload == "w1":
-        result = w1.run(subscribers=subscribers, body_bytes=body_bytes or 64, duration=duration)
+        result = w1.run(
+            subscribers=subscribers,
+            body_bytes=body_bytes or 64,
+            duration=duration,
+            urls=url,
+            server_pids=server_pid,
+        )
     elif workload == "w2":
         result = w2.run(publishers, duration, body_bytes or 200, connections)
     elif workload == "w3":
-        result = w3.run(agents, conversations, rate or [2.0], duration, body_bytes or 200, processes)
+        result = w3.run(
+            agents,
+            conversations,
+            rate or [2.0],
+            duration,
+            body_bytes or 200,
+            processes,
+            urls=url,
+            server_pids=server_pid,
+            p99_limit_ms=p99_limit_ms,
+        )
     elif workload == "w4":
         result = w4.run(connections=connections or 10_000)
     else:

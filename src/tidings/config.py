@@ -100,6 +100,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: seconds a silent peer keeps its connection (and its agent's presence):
     #: the gateway pings after half of it idle and waits the other half for the pong
     presence_timeout: float = 30.0
+    #: engine "nats": seconds a gateway's presence entries live in the shared bucket
+    #: unless renewed (every third of it); a dead gateway's agents go offline after it
+    presence_lease: float = 15.0
     #: the control plane's HTTP port (0: any free port); ``tidings serve`` starts it.
     #: Unset: 7701, or any free port when ``port`` is 0 (so test servers never collide)
     control_port: int | None = None
@@ -131,7 +134,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for name in ("port", "control_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} {getattr(self, name)} is out of range")
-        for name in ("hello_timeout", "drain_timeout", "write_timeout", "presence_timeout"):
+        for name in ("hello_timeout", "drain_timeout", "write_timeout", "presence_timeout", "presence_lease"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.engine not in ("embedded", "nats"):

@@ -6,10 +6,13 @@ least one connection; a connection is a lease kept by WebSocket heartbeats: a
 peer that stops answering pings is disconnected after ``presence_timeout``
 (``Settings``), and its agent goes offline with it.
 
-The table is owned by the engine (``Engine.presence``), so that a distributed
-engine can keep it where every gateway and the control plane see it; the
-embedded engine keeps it in memory. Gateways report connections and
-conversation membership here; the control plane only reads it.
+The table is owned by the engine (``Engine.presence``): it holds the
+connections of one gateway, which reports connections and conversation
+membership here, synchronously, from its socket callbacks. The control plane
+reads ``await engine.presence_view()`` (a ``PresenceView``): with the embedded
+engine that is this table itself; the NATS engine writes each gateway's table
+behind, into leases in a shared bucket, and merges every gateway's
+(``tidings.leases``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import msgspec
 
@@ -50,12 +54,32 @@ class PresenceEvent(msgspec.Struct, kw_only=True):
 PresenceListener = Callable[[PresenceEvent], None]
 
 
+class PresenceView(Protocol):
+    """What the control plane reads: every agent connected to any gateway of the engine."""
+
+    def is_online(self, agent: str) -> bool: ...
+
+    def get(self, agent: str) -> AgentPresence | None: ...
+
+    def agents(
+        self,
+        *,
+        capability: str | None = None,
+        status: str | None = None,
+        conversation: str | None = None,
+        online: bool | None = None,
+    ) -> list[AgentPresence]: ...
+
+    def members_online(self, topic: str) -> list[str]: ...
+
+
 class _Conn:
-    __slots__ = ("agent", "capabilities", "status", "topics")
+    __slots__ = ("agent", "capabilities", "status", "status_ms", "topics")
 
     def __init__(self, agent: str, status: str, capabilities: list[str]) -> None:
         self.agent = agent
         self.status = status
+        self.status_ms = _now_ms()  # when ``status`` was set: the latest wins across gateways
         self.capabilities = capabilities
         self.topics: dict[str, int] = {}  # conversation topic -> subscriptions to it
 
@@ -69,10 +93,15 @@ class PresenceTable:
         self._since: dict[str, int] = {}
         self._offline: OrderedDict[str, AgentPresence] = OrderedDict()
         self._listeners: list[PresenceListener] = []
+        self._watchers: list[Callable[[str], None]] = []
 
     def listen(self, listener: PresenceListener) -> None:
         """Call ``listener`` with every join, leave and status event."""
         self._listeners.append(listener)
+
+    def watch(self, watcher: Callable[[str], None]) -> None:
+        """Call ``watcher(agent)`` whenever what ``online_summary(agent)`` answers may have changed."""
+        self._watchers.append(watcher)
 
     # -- what gateways report -------------------------------------------------
 
@@ -83,6 +112,7 @@ class PresenceTable:
             self._since[agent] = _now_ms()
             self._offline.pop(agent, None)
         self._online[agent][conn] = None
+        self._changed(agent)
 
     def disconnected(self, conn: object) -> None:
         entry = self._conns.get(conn)
@@ -104,6 +134,7 @@ class PresenceTable:
         after = self._topics_of(entry.agent)
         for topic in sorted(before - after):
             self._emit(PresenceEvent(agent=entry.agent, event="leave", topic=topic, status=entry.status))
+        self._changed(entry.agent)
 
     def update(self, conn: object, status: str | None, capabilities: Iterable[str] | None) -> None:
         """A ``presence`` frame: new status and/or capabilities for the agent of ``conn``."""
@@ -113,10 +144,13 @@ class PresenceTable:
         if capabilities is not None:
             entry.capabilities = sorted(set(capabilities))
         if status and status != entry.status:
+            now = _now_ms()
             for other in self._online[entry.agent]:
                 self._conns[other].status = status
+                self._conns[other].status_ms = now
             for topic in sorted(self._topics_of(entry.agent)):
                 self._emit(PresenceEvent(agent=entry.agent, event="status", topic=topic, status=status))
+        self._changed(entry.agent)
 
     def joined(self, conn: object, topic: str) -> None:
         """``conn`` subscribed to conversation ``topic``."""
@@ -127,6 +161,7 @@ class PresenceTable:
         entry.topics[topic] = entry.topics.get(topic, 0) + 1
         if first:
             self._emit(PresenceEvent(agent=entry.agent, event="join", topic=topic, status=entry.status))
+            self._changed(entry.agent)
 
     def left(self, conn: object, topic: str) -> None:
         """``conn`` dropped one subscription to conversation ``topic``."""
@@ -138,6 +173,7 @@ class PresenceTable:
             del entry.topics[topic]
             if topic not in self._topics_of(entry.agent):
                 self._emit(PresenceEvent(agent=entry.agent, event="leave", topic=topic, status=entry.status))
+                self._changed(entry.agent)
 
     # -- what the control plane reads -------------------------------------------
 
@@ -160,18 +196,27 @@ class PresenceTable:
         """Every known agent (online first, then recently offline), filtered."""
         found = [self._summary(a) for a in sorted(self._online)]
         found += list(reversed(self._offline.values()))
-        return [
-            p
-            for p in found
-            if (capability is None or capability in p.capabilities)
-            and (status is None or p.status == status)
-            and (conversation is None or conversation in p.conversations)
-            and (online is None or p.online == online)
-        ]
+        return filtered(found, capability, status, conversation, online)
 
     def members_online(self, topic: str) -> list[str]:
         """Agents subscribed to conversation ``topic`` right now."""
         return sorted(a for a in self._online if topic in self._topics_of(a))
+
+    # -- what a shared engine writes behind -------------------------------------
+
+    def online_agents(self) -> list[str]:
+        return list(self._online)
+
+    def online_summary(self, agent: str) -> tuple[AgentPresence, int] | None:
+        """The agent's presence on this gateway and when its status was set (ms); None if offline here."""
+        if agent not in self._online:
+            return None
+        latest = self._conns[next(reversed(self._online[agent]))]
+        return self._summary(agent), latest.status_ms
+
+    def offline(self) -> list[AgentPresence]:
+        """The agents that went offline here, most recent first."""
+        return list(reversed(self._offline.values()))
 
     # -- helpers ----------------------------------------------------------------
 
@@ -194,6 +239,28 @@ class PresenceTable:
     def _emit(self, event: PresenceEvent) -> None:
         for listener in self._listeners:
             listener(event)
+
+    def _changed(self, agent: str) -> None:
+        for watcher in self._watchers:
+            watcher(agent)
+
+
+def filtered(
+    found: Iterable[AgentPresence],
+    capability: str | None = None,
+    status: str | None = None,
+    conversation: str | None = None,
+    online: bool | None = None,
+) -> list[AgentPresence]:
+    """The agents of ``found`` that pass every filter given."""
+    return [
+        p
+        for p in found
+        if (capability is None or capability in p.capabilities)
+        and (status is None or p.status == status)
+        and (conversation is None or conversation in p.conversations)
+        and (online is None or p.online == online)
+    ]
 
 
 def _now_ms() -> int:

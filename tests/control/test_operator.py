@@ -188,8 +188,11 @@ def test_tidings_control_runs_alone_over_a_data_directory(tmp_path: Path) -> Non
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert f"control plane on http://127.0.0.1:{port}" in line, line
+        lines = []
+        deadline = time.monotonic() + 30 * UNIT
+        while time.monotonic() < deadline and not any("control plane on" in x for x in lines):
+            lines.append(proc.stdout.readline())  # (asyncio debug warnings may come first)
+        assert any(f"control plane on http://127.0.0.1:{port}" in x for x in lines), lines
         admin = Authority.from_data_dir(data).mint("operator", admin=True)
         headers = {"Authorization": f"Bearer {admin}"}
         url = f"http://127.0.0.1:{port}"

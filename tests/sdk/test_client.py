@@ -318,3 +318,32 @@ async def test_a_durable_handler_survives_a_resubscribe_refused_with_retry_later
             assert engine.refusals == 0, "the sub was refused and sent again"
     finally:
         await gw.stop()
+
+
+async def test_a_subscription_refused_with_retry_later_is_asked_again(authority: Authority) -> None:
+    """The engine answers retry_later once (as NATS does during a leader election); the SDK's
+    subscription retries after retry_after_ms instead of ending."""
+    from tidings.engine.embedded import EmbeddedEngine
+    from tidings.errors import RetryLater
+
+    class Electing(EmbeddedEngine):
+        refusals = 1
+
+        async def load_cursor(self, key: str) -> Any:
+            if self.refusals:
+                self.refusals -= 1
+                raise RetryLater("electing a leader", retry_after_ms=50)
+            return await super().load_cursor(key)
+
+    settings = Settings(port=0)
+    engine = Electing(settings.data_path, settings.shards)
+    gw = Gateway(settings, authority, engine=engine)
+    await gw.start()
+    try:
+        async with tidings.connect(gw.url, authority.mint("patient", **ALL)) as agent:
+            sub = agent.subscribe("conv/elect/x", consumer="patient")
+            ack = await agent.publish("conv/elect/x", "hello")
+            msg = await asyncio.wait_for(anext(aiter(sub)), 5 * UNIT)
+            assert msg.id == ack.id and engine.refusals == 0  # it was refused once, then taken
+    finally:
+        await gw.stop()

@@ -21,6 +21,7 @@ from tidings.metrics import percentile
 
 __all__ = [
     "BenchServer",
+    "ServerCpu",
     "ServerProcess",
     "free_port",
     "percentile",
@@ -79,6 +80,17 @@ def process_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCpu:
+    """``ServerCpu(pids)()``: CPU seconds used so far by servers started elsewhere
+    (e.g. the gateways and nodes of ``tidings cluster up``; their pidfiles name them)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+
+    def __call__(self) -> float:
+        return sum(process_cpu_seconds(pid) for pid in self.pids)
 
 
 class ServerProcess:

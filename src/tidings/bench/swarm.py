@@ -98,7 +98,7 @@ async def _publish(agents: list[SwarmAgent], rate: float, start: int, t0: int, t
 async def _worker(
     pipe: Connection,
     connect: Connect,
-    url: str,
+    urls: list[str],
     first: int,
     count: int,
     conversations: int,
@@ -111,6 +111,9 @@ async def _worker(
 
     async def one(i: int) -> SwarmAgent:
         async with gate:
+            # The members of conversation c are agents c, c + conversations, ...: spread
+            # them over the servers, so a conversation spans gateways.
+            url = urls[(i // conversations) % len(urls)]
             return await connect(url, i, i % conversations, members, body_bytes, tally)
 
     agents = list(await asyncio.gather(*(one(i) for i in range(first, first + count))))
@@ -161,15 +164,17 @@ class Swarm:
     """``with Swarm(connect, url, agents=1000, conversations=100) as swarm: swarm.step(rate)``.
 
     Agent ``i`` talks in conversation ``i % conversations``; each conversation
-    has ``agents // conversations`` members. ``parallel`` bounds the connects in
-    flight per worker; ``use_uvloop=False`` runs the workers on asyncio's own loop.
+    has ``agents // conversations`` members. ``url`` may be a list of servers
+    (gateways of one cluster): each conversation's members are spread over them.
+    ``parallel`` bounds the connects in flight per worker; ``use_uvloop=False`` runs
+    the workers on asyncio's own loop.
     Raises ``RuntimeError`` when a worker fails to connect its agents.
     """
 
     def __init__(
         self,
         connect: Connect,
-        url: str,
+        url: str | list[str],
         agents: int = 1000,
         conversations: int = 100,
         processes: int = 4,
@@ -195,7 +200,7 @@ class Swarm:
                 pin,
                 use_uvloop,
                 connect,
-                url,
+                [url] if isinstance(url, str) else url,
                 first,
                 count,
                 conversations,

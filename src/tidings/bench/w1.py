@@ -11,6 +11,11 @@ Two measurements:
 
 Subscribers are lean picows clients that count deliveries without decoding them
 (saturation) or decode only the timestamps (latency).
+
+By default each measurement starts its own ``tidings serve`` (embedded engine,
+pinned to core 0). Given ``urls`` (gateways already running, e.g. by ``tidings
+cluster up``), it uses them instead: subscribers round-robin over the gateways,
+the publisher on the first, so most deliveries cross from one gateway to another.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import msgspec
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from tidings.bench.harness import BenchServer, flood, percentile, pin_to
+from tidings.bench.harness import BenchServer, ServerCpu, flood, percentile, pin_to
 
 HELLO = b'{"op":"hello","client":"bench-w1"}'
 SUB = b'[%b,{"op":"sub","topic":"sig/bench/>","rid":1}]' % HELLO
@@ -73,11 +78,11 @@ class Counter(WSListener):
                 self.dropped += f["count"]
 
 
-async def _subscribers(url: str, n: int, latencies: list[float] | None) -> list[Counter]:
+async def _subscribers(urls: list[str], n: int, latencies: list[float] | None) -> list[Counter]:
     subs = []
-    for _ in range(n):
+    for i in range(n):
         transport, listener = await ws_connect(
-            lambda: Counter(latencies), url, read_buffer_init_size=256 * 1024
+            lambda: Counter(latencies), urls[i % len(urls)], read_buffer_init_size=256 * 1024
         )
         assert isinstance(listener, Counter)
         transport.send(WSMsgType.TEXT, SUB)
@@ -86,9 +91,9 @@ async def _subscribers(url: str, n: int, latencies: list[float] | None) -> list[
     return subs
 
 
-async def saturate(url: str, subscribers: int, body_bytes: int, duration: float) -> dict[str, Any]:
-    subs = await _subscribers(url, subscribers, None)
-    pub, _ = await ws_connect(WSListener, url)
+async def saturate(urls: list[str], subscribers: int, body_bytes: int, duration: float) -> dict[str, Any]:
+    subs = await _subscribers(urls, subscribers, None)
+    pub, _ = await ws_connect(WSListener, urls[0])
     pub.send(WSMsgType.TEXT, HELLO)
     body = json.dumps("x" * max(0, body_bytes - 2)).encode()
     batch = b"[" + b",".join([b'{"op":"pub","topic":"sig/bench/t","body":%b}' % body] * 64) + b"]"
@@ -111,10 +116,10 @@ async def saturate(url: str, subscribers: int, body_bytes: int, duration: float)
     }
 
 
-async def latency(url: str, members: int, rate: float, duration: float) -> dict[str, Any]:
+async def latency(urls: list[str], members: int, rate: float, duration: float) -> dict[str, Any]:
     latencies: list[float] = []
-    subs = await _subscribers(url, members, latencies)
-    pub, _ = await ws_connect(WSListener, url)
+    subs = await _subscribers(urls, members, latencies)
+    pub, _ = await ws_connect(WSListener, urls[0])
     pub.send(WSMsgType.TEXT, HELLO)
     await asyncio.sleep(0.2)
     interval = 1.0 / rate
@@ -148,22 +153,35 @@ def run(
     rate: float = 2000.0,
     members: int = 10,
     pin: bool = True,
+    urls: list[str] | None = None,
+    server_pids: list[int] | None = None,
 ) -> dict[str, Any]:
     """Run both W1 measurements against a fresh ``tidings serve``; one figure set.
 
-    ``pin`` moves this process to core 1 (the server runs on core 0).
+    ``pin`` moves this process to core 1 (the server runs on core 0). With ``urls``
+    the gateways there are measured instead, and the server CPU is that of
+    ``server_pids`` (None without them).
     """
     if pin:
         pin_to(1)
-    with BenchServer() as server:
-        cpu0 = server.cpu_seconds()
-        sat = uvloop.run(saturate(server.url, subscribers, body_bytes, duration))
-        cpu = server.cpu_seconds() - cpu0
-    with BenchServer() as server:
-        lat = uvloop.run(latency(server.url, members, rate, duration))
+    if urls:
+        server_cpu = ServerCpu(server_pids or [])
+        cpu0 = server_cpu()
+        sat = uvloop.run(saturate(urls, subscribers, body_bytes, duration))
+        cpu = server_cpu() - cpu0
+        lat = uvloop.run(latency(urls, members, rate, duration))
+    else:
+        with BenchServer() as server:
+            cpu0 = server.cpu_seconds()
+            sat = uvloop.run(saturate([server.url], subscribers, body_bytes, duration))
+            cpu = server.cpu_seconds() - cpu0
+        with BenchServer() as server:
+            lat = uvloop.run(latency([server.url], members, rate, duration))
+    measured_cpu = not urls or bool(server_pids)
     return {
         "workload": "w1",
         "system": "tidings",
+        "gateways": len(urls) if urls else 1,
         "subscribers": subscribers,
         "body_bytes": body_bytes,
         "duration_s": duration,
@@ -174,5 +192,5 @@ def run(
         "p50_ms": lat["p50_ms"],
         "p99_ms": lat["p99_ms"],
         "p999_ms": lat["p999_ms"],
-        "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, sat["deliveries"]), 3),
+        "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, sat["deliveries"]), 3) if measured_cpu else None,
     }

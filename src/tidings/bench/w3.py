@@ -16,6 +16,11 @@ handler. The agents are lean raw picows clients with pre-encoded frames, spread
 over several load-generator processes on core 1 (``tidings.bench.swarm``); the
 server runs on core 0.
 
+With ``urls`` (gateways already running, e.g. by ``tidings cluster up``) the
+swarm uses them instead of a fresh server: the members of each conversation are
+spread over the gateways, and the topics and consumers carry a tag of the run,
+since the cluster keeps what earlier runs stored.
+
 A run offers rising loads (``rates``, publishes per second per agent) to one
 server and its connected swarm, stopping after the first load whose p99 is at or
 over ``p99_limit_ms``; the top-level figures are those of the highest load that
@@ -26,12 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import msgspec
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from tidings.bench.harness import BenchServer, pin_to
+from tidings.bench.harness import BenchServer, ServerCpu, pin_to
 from tidings.bench.swarm import Swarm, Tally
 
 P99_LIMIT_MS = 50.0
@@ -50,17 +56,17 @@ _decode = msgspec.json.Decoder(list[_Frame] | _Frame)
 class Agent(WSListener):
     """One agent: a durable consumer of its conversation that publishes into it."""
 
-    def __init__(self, index: int, conversation: int, body_bytes: int, tally: Tally) -> None:
+    def __init__(self, index: int, conversation: int, body_bytes: int, tally: Tally, tag: str = "") -> None:
         self.index = index
         self.tally = tally
         self.transport: WSTransport | None = None
         self.subscribed = asyncio.Event()
         self.seq = 0
         self.pubacks = 0
-        topic = b"conv/c%d/chat" % conversation
+        topic = b"conv/%bc%d/chat" % (tag.encode(), conversation)
         self.sub_frame = (
-            b'[{"op":"hello","client":"bench-w3"},{"op":"sub","topic":"%b","consumer":"a%d","rid":1}]'
-            % (topic, index)
+            b'[{"op":"hello","client":"bench-w3"},{"op":"sub","topic":"%b","consumer":"%ba%d","rid":1}]'
+            % (topic, tag.encode(), index)
         )
         self._pub = b'{"op":"pub","topic":"%b","rid":%%d,"id":"a%d-%%d","body":[%%d,%d,"%b"]}' % (
             topic,
@@ -107,8 +113,12 @@ class Agent(WSListener):
 async def connect_agent(
     url: str, index: int, conversation: int, members: int, body_bytes: int, tally: Tally
 ) -> Agent:
-    """Connect agent ``index`` and open its durable consumer; ``members`` is unused here."""
-    _, listener = await ws_connect(lambda: Agent(index, conversation, body_bytes, tally), url)
+    """Connect agent ``index`` and open its durable consumer; ``members`` is unused here.
+
+    ``url`` may carry the run's tag after a ``#`` (``ws://...#r1f2e3-``).
+    """
+    url, _, tag = url.partition("#")
+    _, listener = await ws_connect(lambda: Agent(index, conversation, body_bytes, tally, tag), url)
     assert isinstance(listener, Agent)
     await asyncio.wait_for(listener.subscribed.wait(), 30)
     return listener
@@ -154,20 +164,37 @@ def run(
     body_bytes: int = 200,
     processes: int = 4,
     pin: bool = True,
+    urls: list[str] | None = None,
+    server_pids: list[int] | None = None,
+    p99_limit_ms: float = P99_LIMIT_MS,
 ) -> dict[str, Any]:
-    """Run W3 against a fresh ``tidings serve`` and return its figures and every step."""
+    """Run W3 against a fresh ``tidings serve`` and return its figures and every step.
+
+    With ``urls``, against the gateways there; the server CPU is then that of
+    ``server_pids`` (not measured without them).
+    """
     rates = rates or [2.0]
     if pin:
         pin_to(1)
-    with (
-        BenchServer() as server,
-        Swarm(connect_agent, server.url, agents, conversations, processes, body_bytes, pin) as swarm,
-    ):
-        steps = sweep(swarm, rates, duration, server.cpu_seconds)
-        connect_seconds = swarm.connect_seconds
+    if urls:
+        tag = f"r{uuid.uuid4().hex[:6]}-"
+        cpu = ServerCpu(server_pids) if server_pids else None
+        with Swarm(
+            connect_agent, [f"{u}#{tag}" for u in urls], agents, conversations, processes, body_bytes, pin
+        ) as swarm:
+            steps = sweep(swarm, rates, duration, cpu, p99_limit_ms)
+            connect_seconds = swarm.connect_seconds
+    else:
+        with (
+            BenchServer() as server,
+            Swarm(connect_agent, server.url, agents, conversations, processes, body_bytes, pin) as swarm,
+        ):
+            steps = sweep(swarm, rates, duration, server.cpu_seconds, p99_limit_ms)
+            connect_seconds = swarm.connect_seconds
     return {
         "workload": "w3",
         "system": "tidings",
+        "gateways": len(urls) if urls else 1,
         "agents": agents,
         "conversations": conversations,
         "members": agents // conversations,
@@ -176,6 +203,6 @@ def run(
         "processes": processes,
         "rates_per_agent": rates,
         "connect_seconds": round(connect_seconds, 2),
-        **summary(steps),
+        **summary(steps, p99_limit_ms),
         "steps": steps,
     }

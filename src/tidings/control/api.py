@@ -3,7 +3,8 @@
 It issues intents and reads metadata; it never carries a data message from one
 agent to another. Everything it writes goes into the engine (the catalog
 topic, an agent's ``ctl/<agent>/commands`` topic), where the gateways pick it
-up; everything it reads comes from the engine and its presence table.
+up; everything it reads comes from the engine, presence included
+(``await engine.presence_view()``: every gateway's, with the NATS engine).
 ``docs/control-plane.md`` walks through it.
 """
 
@@ -32,7 +33,7 @@ from tidings.control import models as m
 from tidings.engine.base import Engine, consumer_key
 from tidings.errors import Conflict, Forbidden, InvalidFrame, NotFound, TidingsError, Unauthorized
 from tidings.metrics import STAGES, GatewayStats, StatsCollector
-from tidings.presence import AgentPresence
+from tidings.presence import AgentPresence, PresenceView
 from tidings.protocol.frames import Msg
 from tidings.protocol.topics import validate_pattern
 
@@ -77,6 +78,8 @@ def create_app(
     """
     stats = stats or GatewayStats()
     registry = CollectorRegistry(auto_describe=False)
+    #: the presence /metrics reports: read before each scrape (the collector cannot await)
+    scraped: list[PresenceView] = [engine.presence]
     registry.register(
         StatsCollector(
             stats,
@@ -84,7 +87,7 @@ def create_app(
             lambda: {
                 "connections": stats.connections,
                 "subscriptions": stats.subscriptions,
-                "agents_online": len(engine.presence.agents(online=True)),
+                "agents_online": len(scraped[0].agents(online=True)),
             },
         )
     )
@@ -138,6 +141,7 @@ def create_app(
     async def metrics() -> Response:
         """Prometheus text format. Unauthenticated, like most exporters: bind the
         control port to a private interface (the default is 127.0.0.1)."""
+        scraped[0] = await engine.presence_view()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/ui", include_in_schema=False)
@@ -155,7 +159,7 @@ def create_app(
             time_ms=_now_ms(),
             connections=stats.connections,
             subscriptions=stats.subscriptions,
-            agents_online=len(engine.presence.agents(online=True)),
+            agents_online=len((await engine.presence_view()).agents(online=True)),
             conversations=sum(c.state == "open" for c in catalog.conversations.values()),
             totals={
                 "published": stats.published,
@@ -203,7 +207,7 @@ def create_app(
             updated_ms=conversation.updated_ms,
             head=head,
             messages=await engine.count(topic),
-            members_online=engine.presence.members_online(topic),
+            members_online=(await engine.presence_view()).members_online(topic),
             last_activity_ms=last[-1].ts if last else None,
         )
 
@@ -299,10 +303,11 @@ def create_app(
     )
     async def conversation_presence(group: Segment, name: Segment, _: Admin) -> list[m.AgentOut]:
         conversation = find(group, name)
-        online = engine.presence.agents(conversation=conversation.topic)
+        presence = await engine.presence_view()
+        online = presence.agents(conversation=conversation.topic)
         seen = {p.agent for p in online}
         offline = [
-            engine.presence.get(a) or AgentPresence(agent=a, online=False)
+            presence.get(a) or AgentPresence(agent=a, online=False)
             for a in conversation.members
             if a not in seen
         ]
@@ -378,7 +383,7 @@ def create_app(
         conversation: Annotated[str | None, Query(pattern=m.TOPIC)] = None,
         online: bool | None = None,
     ) -> list[m.AgentOut]:
-        found = engine.presence.agents(
+        found = (await engine.presence_view()).agents(
             capability=capability, status=status, conversation=conversation, online=online
         )
         return [m.AgentOut(**msgspec.to_builtins(p)) for p in found]
@@ -390,7 +395,7 @@ def create_app(
         summary="One agent's presence",
     )
     async def get_agent(agent: AgentId, _: Admin) -> m.AgentOut:
-        found = engine.presence.get(_agent_id(agent))
+        found = (await engine.presence_view()).get(_agent_id(agent))
         if found is None:
             raise NotFound(f"agent {agent!r} has not been seen since this server started")
         return m.AgentOut(**msgspec.to_builtins(found))
@@ -420,7 +425,7 @@ def create_app(
             key=key,
             epoch=epoch,
             offset=result.offset,
-            online=engine.presence.is_online(agent),
+            online=(await engine.presence_view()).is_online(agent),
             acked=False,
         )
 
@@ -458,7 +463,7 @@ def create_app(
             key=str(body.get("key", "")),
             epoch=epoch if isinstance(epoch, int) else 0,
             offset=offset,
-            online=engine.presence.is_online(agent),
+            online=(await engine.presence_view()).is_online(agent),
             acked=await _acked(engine, agent, topic, offset),
         )
 

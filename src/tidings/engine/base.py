@@ -16,7 +16,7 @@ import msgspec
 
 from tidings.log.types import AppendResult as PublishResult
 from tidings.metrics import StorageFigures
-from tidings.presence import PresenceTable
+from tidings.presence import PresenceTable, PresenceView
 from tidings.protocol.frames import Msg
 
 __all__ = ["CursorState", "Engine", "PublishResult", "TopicCursor", "consumer_key"]
@@ -64,10 +64,19 @@ class Engine(ABC):
 
     @property
     def presence(self) -> PresenceTable:
-        """Who is connected, as every gateway reports it (in memory unless an engine shares it)."""
+        """Who is connected to this gateway: it reports here, synchronously, from socket callbacks."""
         if self._presence is None:
             self._presence = PresenceTable()
         return self._presence
+
+    async def presence_view(self) -> PresenceView:
+        """Who is connected to any gateway of this engine: what the control plane reads.
+
+        An engine whose gateways share nothing but this process answers with its
+        table; a shared engine merges what every gateway wrote behind (NATS:
+        ``tidings.leases``). Read it again for each answer: it is a snapshot.
+        """
+        return self.presence
 
     @abstractmethod
     async def start(self) -> None:

@@ -25,6 +25,10 @@ Layout in NATS (``docs/scaling.md`` draws it):
   ``on_commit``. There is no JetStream consumer per agent or conversation;
   durable consumers' cursors live in the key-value bucket ``tidings_cursors``.
 - Ephemeral topics are core NATS subjects ``tidings.eph.<topic>``.
+- Presence: each gateway writes its connections behind into the key-value
+  bucket ``tidings_presence`` (in memory, replicated, entries expire after
+  ``presence_lease_s`` unless renewed; ``tidings.leases``). A process that
+  answers ``presence_view()`` follows that bucket's stream with a ``_Tail``.
 """
 
 from __future__ import annotations
@@ -56,13 +60,20 @@ from nats.js.kv import KeyValue
 from tidings.engine.base import CommitCallback, CursorState, Engine, EphemeralCallback, PublishResult
 from tidings.engine.embedded import from_record, to_record_payload
 from tidings.errors import RetryLater, StorageError
+from tidings.leases import LeaseBoard, LeaseWriter
 from tidings.log.types import RetentionPolicy, StoredRecord
+from tidings.presence import PresenceView
 from tidings.protocol.frames import Msg
 from tidings.protocol.topics import DURABLE_NAMESPACES, matches, shard_of
 
 log = logging.getLogger("tidings.engine.nats")
 
 CURSOR_BUCKET = "tidings_cursors"
+PRESENCE_BUCKET = "tidings_presence"
+PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
+PRESENCE_PREFIX = f"$KV.{PRESENCE_BUCKET}."
+#: lease writes in flight at once
+LEASE_WRITES = 256
 EPHEMERAL_PREFIX = "tidings.eph."
 API = "$JS.API"
 #: How long a publish or read keeps retrying through a leader election before ``RetryLater``.
@@ -114,11 +125,14 @@ class NatsEngine(Engine):
         retention: Callable[[str], RetentionPolicy] | None = None,
         dedup_window_s: float = 3600.0,
         name: str = "tidings-gateway",
+        presence_lease_s: float = 15.0,
     ) -> None:
         """``replicas`` None: 3 when the server is part of a cluster, 1 when it is alone.
 
         ``retention(topic)`` gives each namespace's policy (asked with ``<ns>/_/_``);
         JetStream cannot bound a subject's bytes, so ``max_bytes`` is refused.
+        ``presence_lease_s``: how long this gateway's presence outlives it (renewed
+        every third of it); set the same on every gateway.
         """
         if not urls:
             raise ValueError("the nats engine needs at least one server URL (--nats-url)")
@@ -139,6 +153,17 @@ class NatsEngine(Engine):
         self._announced: dict[str, int] = {}
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        if presence_lease_s <= 0:
+            raise ValueError("presence_lease_s must be positive")
+        self.presence_lease_s = presence_lease_s
+        #: this process's name in the presence bucket
+        self.gateway_id = uuid.uuid4().hex[:12]
+        self._leases = LeaseBoard(self.gateway_id, presence_lease_s)
+        self._lease_writer: LeaseWriter | None = None
+        self._lease_tail: _Tail | None = None
+        self._lease_lock = asyncio.Lock()
+        self._leases_read = asyncio.Event()  # set once the bucket's content at the first read is in
+        self._leases_target = 0
         for ns in DURABLE_NAMESPACES:
             if self._retention(f"{ns}/_/_").max_bytes is not None:
                 raise ValueError(f"namespace {ns!r}: max_bytes per topic is not available with NATS")
@@ -171,7 +196,7 @@ class NatsEngine(Engine):
         for ns in sorted(DURABLE_NAMESPACES):
             for shard in range(self.shards):
                 last = await self._ensure_stream(ns, shard)
-                self._tails.append(_Tail(self, stream_of(ns, shard), last))
+                self._tails.append(_Tail(self, stream_of(ns, shard), last, self._announce))
         js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
         self._kv = await _retry(
             f"create bucket {CURSOR_BUCKET}",
@@ -182,6 +207,10 @@ class NatsEngine(Engine):
             await tail.start()
         await self.nc.subscribe(EPHEMERAL_PREFIX + ">", cb=self._on_ephemeral)
         self._tasks.append(asyncio.create_task(self._send_ephemeral(), name="tidings-nats-ephemeral"))
+        await self._ensure_presence_bucket()
+        writer = LeaseWriter(self.presence, self.gateway_id, self.presence_lease_s, self._write_leases)
+        self._lease_writer = writer
+        self._tasks.append(asyncio.create_task(writer.run(), name="tidings-nats-presence"))
 
     async def _ensure_stream(self, ns: str, shard: int) -> int:
         """Create the stream of ``ns``/``shard`` or bring its config up to date; return its last seq."""
@@ -200,6 +229,11 @@ class NatsEngine(Engine):
             "discard": "old",
             "allow_direct": True,
         }
+        info = await self._create_or_update(config)
+        return int(info["state"]["last_seq"])
+
+    async def _create_or_update(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Create a stream or bring its config up to date (ours wins); return its info."""
         payload = json.dumps(config).encode()
         name = config["name"]
 
@@ -210,10 +244,16 @@ class NatsEngine(Engine):
             return info
 
         # A cluster that is still electing its meta leader answers "no responders" or not at all.
-        info = await _retry(f"create stream {name}", ensure, for_s=60.0)
-        return int(info["state"]["last_seq"])
+        return await _retry(f"create stream {name}", ensure, for_s=60.0)
 
     async def stop(self) -> None:
+        if self._lease_writer is not None:
+            writer, self._lease_writer = self._lease_writer, None
+            with contextlib.suppress(TimeoutError):  # else the leases expire on their own
+                await asyncio.wait_for(writer.release(), REQUEST_TIMEOUT_S)
+        if self._lease_tail is not None:
+            await self._lease_tail.stop()
+            self._lease_tail = None
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -278,7 +318,8 @@ class NatsEngine(Engine):
     def on_ephemeral(self, callback: EphemeralCallback) -> None:
         self._ephemeral_callbacks.append(callback)
 
-    def _announce(self, subject: str, seq: int, data: bytes) -> None:
+    def _announce(self, raw: NatsMsg, seq: int, stored_ns: int) -> None:
+        subject, data = raw.subject, raw.data
         topic = topic_of(subject)
         self._announced[topic] = seq
         msg: Msg | None = None
@@ -406,6 +447,82 @@ class NatsEngine(Engine):
                         break
         return out
 
+    # -- presence -----------------------------------------------------------
+
+    async def _ensure_presence_bucket(self) -> None:
+        """The presence bucket: a key-value bucket (the stream layout nats-py's KV reads),
+        in memory (presence outlives no restart of the whole cluster), with a TTL."""
+        lease_ns = int(self.presence_lease_s * 1e9)
+        await self._create_or_update(
+            {
+                "name": PRESENCE_STREAM,
+                "subjects": [PRESENCE_PREFIX + ">"],
+                "retention": "limits",
+                "storage": "memory",
+                "num_replicas": self.replicas,
+                "max_msgs_per_subject": 1,
+                "max_age": lease_ns,
+                "duplicate_window": min(lease_ns, 120 * 10**9),
+                "discard": "new",
+                "allow_direct": True,
+                "allow_rollup_hdrs": True,
+                "deny_delete": True,
+            }
+        )
+
+    async def _write_leases(self, batch: dict[str, bytes | None]) -> set[str]:
+        """Put (or, for ``None``, delete) presence leases; return the keys that failed."""
+
+        async def write(key: str, value: bytes | None) -> None:
+            headers = {"KV-Operation": "DEL"} if value is None else None
+            answer = await self.nc.request(
+                PRESENCE_PREFIX + key, value or b"", timeout=REQUEST_TIMEOUT_S, headers=headers
+            )
+            if b'"error"' in answer.data:
+                raise StorageError(f"JetStream refused a presence lease: {answer.data!r}")
+
+        items = list(batch.items())
+        failed: set[str] = set()
+        for i in range(0, len(items), LEASE_WRITES):
+            chunk = items[i : i + LEASE_WRITES]
+            done = await asyncio.gather(*(write(k, v) for k, v in chunk), return_exceptions=True)
+            failed.update(key for (key, _), result in zip(chunk, done, strict=True) if result is not None)
+        return failed
+
+    async def presence_view(self) -> PresenceView:
+        """Every gateway's presence: this one's table and the others' leases.
+
+        The first call starts following the presence bucket and waits (at most
+        ``REQUEST_TIMEOUT_S``) until it has read what the bucket held then.
+        """
+        if self._lease_tail is None:
+            async with self._lease_lock:
+                if self._lease_tail is None:
+                    await self._follow_leases()
+        return self._leases.view(self.presence)
+
+    async def _follow_leases(self) -> None:
+        call = f"STREAM.INFO.{PRESENCE_STREAM}"
+        info = await _retry(f"stream info {PRESENCE_STREAM}", lambda: self._api(call))
+        target = int(info["state"]["last_seq"])
+        self._leases_read = asyncio.Event()
+        if target == 0:
+            self._leases_read.set()
+        self._leases_target = target
+        tail = _Tail(self, PRESENCE_STREAM, 0, self._on_lease)
+        await tail.start()
+        self._lease_tail = tail
+        # The last lease may expire before it is read: then stop waiting after a while.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._leases_read.wait(), REQUEST_TIMEOUT_S)
+
+    def _on_lease(self, raw: NatsMsg, seq: int, stored_ns: int) -> None:
+        operation = raw.headers.get("KV-Operation") if raw.headers else None
+        value = None if operation in ("DEL", "PURGE") else raw.data
+        self._leases.apply(raw.subject.removeprefix(PRESENCE_PREFIX), value, stored_ns // 1_000_000)
+        if seq >= self._leases_target:
+            self._leases_read.set()
+
     # -- cursors ------------------------------------------------------------
 
     async def load_cursor(self, key: str) -> CursorState | None:
@@ -472,8 +589,12 @@ class _Stale(Exception):
     """A replica answered with less than this engine has already announced."""
 
 
+#: ``deliver(message, stream sequence, ns since the epoch when the stream stored it)``
+Deliver = Callable[[NatsMsg, int, int], None]
+
+
 class _Tail:
-    """Follows one stream in sequence order from where it stood, and announces each message.
+    """Follows one stream in sequence order from where it stood, and delivers each message.
 
     An ephemeral, in-memory, R1 push consumer with flow control and heartbeats.
     When heartbeats stop (its node died) or a consumer sequence is skipped, it
@@ -481,9 +602,10 @@ class _Tail:
     every message is announced exactly once and in order.
     """
 
-    def __init__(self, engine: NatsEngine, stream: str, last: int) -> None:
+    def __init__(self, engine: NatsEngine, stream: str, last: int, deliver: Deliver) -> None:
         self.engine = engine
         self.stream = stream
+        self.deliver = deliver
         self.last = last
         self._cseq = 0
         self._seen = time.monotonic()
@@ -551,7 +673,7 @@ class _Tail:
             return
         tokens = raw.reply.split(".")
         # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
-        sseq, cseq = int(tokens[-4]), int(tokens[-3])
+        sseq, cseq, stored_ns = int(tokens[-4]), int(tokens[-3]), int(tokens[-2])
         if tokens[3] != self._consumer:
             return  # a late message of a replaced consumer
         if cseq != self._cseq + 1:
@@ -561,7 +683,7 @@ class _Tail:
         if sseq <= self.last:
             return
         self.last = sseq
-        self.engine._announce(raw.subject, sseq, raw.data)
+        self.deliver(raw, sseq, stored_ns)
 
     def _reset_soon(self, why: str) -> None:
         """Replace the consumer, from a task of its own: the message callback's task

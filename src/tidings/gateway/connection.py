@@ -59,9 +59,21 @@ class Subscription:
         self.inflight = 0
         self.max_inflight = 0
 
-    def deliver(self, msg: f.Msg) -> None:
-        """Send one message of a replay or durable consumer on this subscription."""
-        self._send(msgspec.structs.replace(msg, sid=self.sid))
+    def deliver(self, msg: f.Msg, attempt: int) -> None:
+        """Send one message of a replay or durable consumer on this subscription.
+
+        The message is encoded once per codec and attempt for every subscription it
+        goes to in this loop turn (``Gateway.encoded_delivery``); this one's ``sid``
+        is appended. Raises ``TypeError``/``ValueError``/``OverflowError`` for a body
+        this connection's codec cannot carry.
+        """
+        conn = self.conn
+        data = conn.gateway.encoded_delivery(msg, attempt, conn) + self.suffix
+        if self.consumer is not None and self.consumer.priority:
+            conn.session.send_encoded_priority(data)
+        else:
+            conn.session.send_encoded(data)
+        conn.gateway.mark_dirty(conn)
 
     def deliver_gap(self, topic: str, first: int, last: int, reason: str) -> None:
         self._send(f.Gap(sid=self.sid, topic=topic, first=first, last=last, reason=reason))

@@ -33,8 +33,6 @@ from collections import deque
 from enum import Enum
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from tidings.config import NamespacePolicy
 from tidings.engine.base import CursorState, TopicCursor
 from tidings.metrics import namespace_of
@@ -328,7 +326,7 @@ class Consumer:
             span.set_attribute("tidings.consumer", self.label)
             span.end()
         try:
-            member.deliver(msgspec.structs.replace(p.msg, attempt=p.attempt))
+            member.deliver(p.msg, p.attempt)
         except (TypeError, ValueError, OverflowError) as exc:
             # A stored body this member's codec cannot carry: never deliverable, so
             # dead-letter it (or, for a reader, report it as a gap) instead of retrying.

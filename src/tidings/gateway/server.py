@@ -48,6 +48,8 @@ from tidings.tracing import TRACEPARENT, Tracer
 log = logging.getLogger("tidings.gateway")
 
 HEALTH_PATHS = (b"/healthz", b"/health")
+#: encoded durable deliveries kept for reuse within one loop turn
+MAX_ENCODED_DELIVERIES = 4096
 
 
 class Gateway:
@@ -82,6 +84,8 @@ class Gateway:
         self.server_name = f"tidings/{tidings.__version__}"
         self.connections: set[Connection] = set()
         self._dirty: list[Connection] = []
+        #: (topic, offset, attempt, binary) -> an encoded delivery, for this loop turn
+        self._deliveries: dict[tuple[str, int, int, bool], bytes] = {}
         self._flush_scheduled = False
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -302,6 +306,23 @@ class Gateway:
             sub.conn.session.send(msgspec.structs.replace(chunk, sid=sub.sid))
             self.mark_dirty(sub.conn)
 
+    def encoded_delivery(self, msg: f.Msg, attempt: int, conn: Connection) -> bytes:
+        """``msg`` at ``attempt``, encoded for ``conn``'s codec without a sid, open for one.
+
+        A durable message committed now goes to every consumer that matches it (an
+        agent swarm: each member of a conversation has its own); it is encoded once
+        per codec and attempt per loop turn, not once per delivery.
+        """
+        key = (msg.topic, msg.offset or 0, attempt, conn.binary)
+        data = self._deliveries.get(key)
+        if data is None:
+            if len(self._deliveries) >= MAX_ENCODED_DELIVERIES:
+                self._deliveries.clear()
+            codec = conn.session.codec
+            data = codec.open_shared(codec.encode_shared(msgspec.structs.replace(msg, attempt=attempt)))
+            self._deliveries[key] = data
+        return data
+
     def mark_dirty(self, conn: Connection) -> None:
         """Flush ``conn`` at the end of this event-loop turn (once, however many frames)."""
         if not self.settings.coalesce:
@@ -318,6 +339,7 @@ class Gateway:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._deliveries.clear()
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.flush()
@@ -339,7 +361,13 @@ def engine_for(
 
         urls = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
         replicas = settings.nats_replicas or None
-        return NatsEngine(urls, settings.shards, replicas, retention=settings.retention)
+        return NatsEngine(
+            urls,
+            settings.shards,
+            replicas,
+            retention=settings.retention,
+            presence_lease_s=settings.presence_lease,
+        )
     return EmbeddedEngine(
         settings.data_path,
         settings.shards,

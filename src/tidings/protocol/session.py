@@ -159,7 +159,10 @@ class Session(Generic[E]):
 
         Priority frames keep their order among themselves.
         """
-        data = self.codec.encode(frame)
+        self.send_encoded_priority(self.codec.encode(frame))
+
+    def send_encoded_priority(self, data: bytes) -> None:
+        """``send_priority`` for a frame already encoded with this session's codec."""
         self._outgoing.insert(self._priority, data)
         self._priority += 1
         self._outgoing_bytes += len(data)

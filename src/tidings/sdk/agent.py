@@ -364,9 +364,8 @@ class Agent:
                 self.outbox.settle(msg_id, error=exc)
         elif rid in self._sub_rids:
             sub = self._sub_rids.pop(rid)
-            if exc.retriable:
-                # E.g. the gateway could not read a durable cursor during an election: refusing
-                # the subscription for good would stop its handler while the agent reconnects.
+            if exc.retriable and sub in self._subs and not self._closing:
+                # e.g. retry_later while the engine elects a leader: ask again, don't give up
                 delay = frame.retry_after_ms / 1000 if frame.retry_after_ms else self.backoff.delay(1)
                 asyncio.get_running_loop().call_later(delay, self._resubscribe, sub)
             else:
@@ -388,16 +387,15 @@ class Agent:
         self._sub_rids[rid] = sub
         self._send(frame)
 
+    def _resubscribe(self, sub: Subscription) -> None:
+        if self.is_open and sub in self._subs and sub.sid is None and sub not in self._sub_rids.values():
+            self._send_sub(sub)
+
     def _send_pub(self, out: Outgoing) -> None:
         out.frame.rid = rid = next(self._rids)
         assert out.frame.id is not None
         self._pub_rids[rid] = out.frame.id
         self._send(out.frame)
-
-    def _resubscribe(self, sub: Subscription) -> None:
-        """Send ``sub`` again after a retriable refusal, unless a reconnect already did."""
-        if sub in self._subs and self.is_open and sub.sid is None and sub not in self._sub_rids.values():
-            self._send_sub(sub)
 
     def _resend(self, msg_id: str) -> None:
         out = self.outbox.items.get(msg_id)
