@@ -62,10 +62,12 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --quick --out /tmp/tidings-bench-quick
 # The long reliability runs (docs/reliability.md): crash loop >= 100 kills and 1,000,000
-# acknowledged messages, >= 100 power cuts, a 5,000-client reconnect storm.
+# acknowledged messages, >= 100 power cuts, a 5,000-client reconnect storm, and the NATS crash
+# loop (a node and a gateway killed per cycle, ~15 minutes, >= 20 cycles).
 reliability: $(STAMP)
 	TIDINGS_RELIABILITY_LONG=1 $(BIN)/pytest -m slow -p no:cacheprovider -s tests/reliability/test_crash_loop.py
 	TIDINGS_RELIABILITY_LONG=1 $(BIN)/pytest -m slow -p no:cacheprovider -s tests/reliability/test_storm.py
+	TIDINGS_RELIABILITY_LONG=1 $(BIN)/pytest -m slow -p no:cacheprovider -s tests/reliability/test_nats_crash_loop.py
 
 # Benchmarks print JSON lines; their figures are recorded in docs/ with these commands.
 bench-storage: $(STAMP)

@@ -79,6 +79,10 @@ class Recorder:
             self.acked += 1
         return t
 
+    def flush(self) -> None:
+        """Write what is buffered, so ``read_history`` sees every event so far."""
+        self._file.flush()
+
     def close(self) -> None:
         self._file.close()
 

@@ -49,14 +49,19 @@ class LoopResult:
     sync_failures: list[tuple[float, float]] = field(default_factory=list)
 
 
-async def _publisher(
+async def publisher(
     agent: tidings.Agent,
     rec: Recorder,
     process: str,
     topics: list[str],
     rng: random.Random,
     stop: asyncio.Event,
+    keep_going: bool = False,
 ) -> None:
+    """Publish unique ids to random topics until ``stop``; each publish recorded invoke, then
+    ok / fail / info. An indeterminate or failed publish ends the publisher, unless
+    ``keep_going`` (the NATS loop, where a publish may end ``StorageError`` while a stream
+    elects a leader): then it goes on with the next id."""
     for n in itertools.count(1):
         if stop.is_set():
             return
@@ -70,9 +75,14 @@ async def _publisher(
         except (SyncFailed, StorageError, ConnectionLost):
             # May or may not be stored: indeterminate. (SyncFailed: "publish again to find out".)
             rec.record(process, "info", "publish", {"topic": topic, "id": msg_id})
+            if keep_going:
+                await asyncio.sleep(0.1)  # not a busy loop if the agent is closing
+                continue
             return
         except TidingsError as exc:
             rec.record(process, "fail", "publish", {"topic": topic, "id": msg_id, "error": exc.code})
+            if keep_going:
+                continue
             return
         rec.record(process, "ok", "publish", {"topic": topic, "id": msg_id, "offset": ack.offset})
 
@@ -131,7 +141,7 @@ async def run_crash_loop(
     try:
         for c in range(consumers):
             agent = tidings.connect(url, token, name=f"consumer-{c}", backoff=backoff)
-            agent.on("conv/>", consumer=f"c{c}", concurrency=64)(_recording_handler(rec, f"c{c}"))
+            agent.on("conv/>", consumer=f"c{c}", concurrency=64)(recording_handler(rec, f"c{c}"))
             agents.append(agent)
         for p in range(publishers):
             agent = tidings.connect(url, token, name=f"publisher-{p}", backoff=backoff)
@@ -144,7 +154,7 @@ async def run_crash_loop(
                 process = f"p{p}.{k}"
                 tasks.append(
                     asyncio.create_task(
-                        _publisher(agent, rec, process, names, random.Random(f"{seed}{process}"), stop)
+                        publisher(agent, rec, process, names, random.Random(f"{seed}{process}"), stop)
                     )
                 )
         done = 0
@@ -204,7 +214,7 @@ def rec_acked(rec: Recorder) -> int:
     return rec.acked
 
 
-def _recording_handler(rec: Recorder, consumer: str) -> Callable[[tidings.Message], Awaitable[None]]:
+def recording_handler(rec: Recorder, consumer: str) -> Callable[[tidings.Message], Awaitable[None]]:
     # Records at the start of the handler: handler tasks start in delivery order.
     async def handle(msg: tidings.Message) -> None:
         value = {"topic": msg.topic, "id": msg.id, "offset": msg.offset, "consumer": consumer}

@@ -39,7 +39,8 @@ class Outcome:
 class Target:
     host: str
     port: int
-    tokens: dict[str, str]  # name -> token: valid, narrow, expired, forged, tampered, none_alg, future
+    #: name -> token: valid, narrow, expired, forged, tampered, none_alg, future, missing, revoked
+    tokens: dict[str, str]
 
 
 def _authed(t: Target, token: str = "valid", protocol: str = "tidings.v1.json") -> socket.socket:
@@ -226,6 +227,7 @@ ATTACKS: dict[str, Callable[[Target], Outcome]] = {
         _token("none_alg"),
         _token("future"),
         _token("missing"),
+        _token("revoked"),
         wider_wildcards,
         cross_origin,
         allowed_origin,

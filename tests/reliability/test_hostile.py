@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import socket
 import sys
 import time
 from collections.abc import Iterator
 
+import httpx
 import jwt
 import pytest
 
@@ -26,6 +28,8 @@ from tidings.metrics import percentile
 ENV = {"TIDINGS_HELLO_TIMEOUT": "1", "TIDINGS_ALLOWED_ORIGINS": "https://app.example"}
 #: port -> the secret of the server listening there
 SECRETS: dict[int, bytes] = {}
+#: port -> an HTTP client of that server's control plane, with an admin token
+CONTROL: dict[int, httpx.Client] = {}
 
 
 def _tampered(token: str) -> str:
@@ -35,6 +39,26 @@ def _tampered(token: str) -> str:
     claims["pub"] = claims["subs"] = [">"]
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     return f"{head}.{forged}.{sig}"
+
+
+_CONTROL_LINE = re.compile(r"control plane on (\S+)")
+
+
+def _control_plane(server: ServerProcess, authority: Authority) -> httpx.Client:
+    """A client of the server's control plane (the URL it prints after the gateway's)."""
+    deadline = time.monotonic() + 10 * UNIT
+    while not (found := next(filter(None, map(_CONTROL_LINE.search, list(server.output))), None)):
+        assert time.monotonic() < deadline, "no control plane:\n" + "".join(server.output)
+        time.sleep(0.05)
+    admin = authority.mint("operator", admin=True)
+    return httpx.Client(base_url=found[1], headers={"Authorization": f"Bearer {admin}"}, timeout=10 * UNIT)
+
+
+def _revoke(port: int, token: str) -> None:
+    """Revoke ``token`` through the control plane of the server on ``port``."""
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    answer = CONTROL[port].delete(f"/v1/tokens/{jti}")
+    assert answer.status_code == 200, answer.text
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +80,14 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             {"sub": "hostile", "iat": now + 3600, "exp": now + 7200}, secret, algorithm="HS256"
         ),
         "missing": "",
+        "revoked": authority.mint("hostile", pub=[">"], subs=[">"]),
     }
     host, port = server.url.removeprefix("ws://").strip("/").split(":")
     SECRETS[int(port)] = secret
+    CONTROL[int(port)] = _control_plane(server, authority)
+    _revoke(int(port), tokens["revoked"])
     yield Target(host, int(port), tokens)
+    CONTROL.pop(int(port)).close()
     assert server.terminate() == 0
 
 
@@ -77,6 +105,7 @@ EXPECTED: dict[str, Outcome] = {
     "token_none_alg": Outcome(errors=["unauthorized"], close=1008),
     "token_future": Outcome(errors=["unauthorized"], close=1008),
     "token_missing": Outcome(errors=["unauthorized"], close=1008),
+    "token_revoked": Outcome(errors=["unauthorized"], close=1008),  # revoked through the control plane
     "wider_wildcards": Outcome(errors=["forbidden"], still_open=True),
     "cross_origin": Outcome(http=403),
     "allowed_origin": Outcome(http=101),
@@ -116,6 +145,22 @@ def test_a_replayed_token_is_refused_once_it_has_expired(target: Target) -> None
     assert outcome == (["unauthorized"], 1008)  # closed when the token expired
     again = w.handshake(target.host, target.port)
     again.sendall(w.text({"op": "hello", "token": short, "rid": 1}))
+    assert _close_of(again) == (["unauthorized"], 1008)
+
+
+def test_a_connection_holding_a_token_is_closed_when_it_is_revoked(target: Target) -> None:
+    """Revoked through the control plane while in use: the session ends at once with 1008
+    ``token revoked`` (no ``error`` frame), and the token is refused at ``hello`` from then on."""
+    token = Authority(SECRETS[target.port]).mint("revokee", pub=[">"], subs=[">"])
+    holder = w.handshake(target.host, target.port)
+    assert w.hello(holder, token)["op"] == "welcome"
+    started = time.monotonic()
+    _revoke(target.port, token)
+    frames, code, reason = w.frames_until_close(holder, 5)
+    assert (frames, code, reason) == ([], 1008, "token revoked")
+    assert time.monotonic() - started < 1.0 * UNIT, "closed within a second of the revocation"
+    again = w.handshake(target.host, target.port)
+    again.sendall(w.text({"op": "hello", "token": token, "rid": 1}))
     assert _close_of(again) == (["unauthorized"], 1008)
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ from tests.conftest import UNIT, start_gateway
 from tests.reliability_helpers import free_port
 from tidings.auth import Authority
 from tidings.config import Settings
-from tidings.errors import ConnectionLost, Forbidden, InvalidTopic, Unauthorized
+from tidings.engine.base import CursorState
+from tidings.engine.embedded import EmbeddedEngine
+from tidings.errors import ConnectionLost, Forbidden, InvalidTopic, RetryLater, Unauthorized
 from tidings.gateway import Gateway
 
 ALL = {"pub": [">"], "subs": [">"]}
@@ -264,6 +267,57 @@ async def test_iteration_raises_when_the_agent_gives_up(authority: Authority) ->
         await drain()
     assert agent.state is tidings.ConnectionState.CLOSED
     await agent.close()
+
+
+class CursorsFailingFor(EmbeddedEngine):
+    """The embedded engine, its cursor store refusing the first ``refusals`` loads with
+    ``retry_later``: what a gateway over NATS answers a durable ``sub`` while the cursor
+    bucket elects a leader."""
+
+    def __init__(self, data_dir: Path, refusals: int) -> None:
+        super().__init__(data_dir)
+        self.refusals = refusals
+
+    async def load_cursor(self, key: str) -> CursorState | None:
+        if self.refusals:
+            self.refusals -= 1
+            raise RetryLater("the cursor store is electing a leader", 50)
+        return await super().load_cursor(key)
+
+
+async def test_a_durable_handler_survives_a_resubscribe_refused_with_retry_later(
+    authority: Authority, tmp_path: Path
+) -> None:
+    """A retriable refusal of the ``sub`` sent after a reconnect is retried, and the handler
+    goes on receiving. (Found by the NATS crash loop: a consumer whose gateway died stopped for
+    good when its new gateway could not read the cursor during an election.)"""
+    port = free_port()
+    gw = Gateway(Settings(port=port), authority, engine=CursorsFailingFor(tmp_path, 0))
+    await gw.start()
+    token = authority.mint("h", **ALL)
+    got: list[str] = []
+    try:
+        async with (
+            tidings.connect(gw.url, token, name="handler", backoff=FAST) as agent,
+            tidings.connect(gw.url, token, name="publisher", backoff=FAST) as publisher,
+        ):
+
+            @agent.on("conv/refused/>", consumer="c")
+            async def handle(msg: tidings.Message) -> None:
+                got.append(msg.body)
+
+            await publisher.publish("conv/refused/x", "before")
+            await wait_for(lambda: got == ["before"])
+            await gw.stop()
+            engine = CursorsFailingFor(tmp_path, 3)
+            gw = Gateway(Settings(port=port), authority, engine=engine)
+            await gw.start()
+            await wait_for(lambda: agent.reconnects == 1 and agent.is_open)
+            await publisher.publish("conv/refused/x", "after")
+            await wait_for(lambda: got == ["before", "after"])
+            assert engine.refusals == 0, "the sub was refused and sent again"
+    finally:
+        await gw.stop()
 
 
 async def test_a_subscription_refused_with_retry_later_is_asked_again(authority: Authority) -> None:

@@ -54,7 +54,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import Error as JsError
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from tidings.engine.base import CommitCallback, CursorState, Engine, EphemeralCallback, PublishResult
@@ -561,14 +561,22 @@ async def _retry(what: str, call: Callable[[], Awaitable[T]], for_s: float = RET
 
     Timeouts, "no responders" and JetStream's 503 are what a leader election
     looks like from a client (FIELD-NOTES: up to ~5 s); then ``RetryLater``. Anything else NATS
-    raises is a ``StorageError``.
+    raises is a ``StorageError``. (nats-py's JetStream publish, which the cursor bucket's ``put``
+    uses, turns "no responders" into ``NoStreamResponseError``.)
     """
     deadline = time.monotonic() + for_s
     delay = 0.05
     while True:
         try:
             return await call()
-        except (NatsTimeout, NoRespondersError, ServiceUnavailableError, TimeoutError, _Stale) as exc:
+        except (
+            NatsTimeout,
+            NoRespondersError,
+            NoStreamResponseError,
+            ServiceUnavailableError,
+            TimeoutError,
+            _Stale,
+        ) as exc:
             if time.monotonic() + delay > deadline:
                 raise RetryLater(f"{what}: NATS did not answer for {for_s} s ({exc!r})", 1000) from None
         except (NatsError, JsError) as exc:

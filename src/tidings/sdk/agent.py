@@ -557,7 +557,9 @@ class Agent:
         with ``msg.causally_late`` set).
         With ``streams=True`` it also yields a stream-open message when a
         stream begins on a matching topic (see ``msg.chunks()``).
-        Iterate the result, or await it to know the server has it.
+        Iterate the result, or await it to know the server has it. A refusal
+        that is retriable (``retry_later``) is not raised: the ``sub`` is sent
+        again after ``retry_after_ms``.
         """
         position = f.Position(offset=start) if isinstance(start, int) else start
         return Subscription(
