@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -177,15 +177,21 @@ class NatsCluster:
 
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL after 10 s)."""
-        for proc in self.procs.values():
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs.values(), 10)
         self.procs.clear()
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM every process, then wait for each; SIGKILL one still running after ``timeout`` s."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # -- tidings cluster up / down --------------------------------------------------

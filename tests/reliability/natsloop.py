@@ -32,7 +32,7 @@ from tests.conftest import UNIT
 from tests.reliability.checker import Recorder, Report, check, read_history
 from tests.reliability.crashloop import drain, publisher, recording_handler
 from tidings.auth import Authority
-from tidings.cluster import NatsCluster, free_ports, start_gateway
+from tidings.cluster import NatsCluster, free_ports, start_gateway, stop_all
 
 GATEWAYS = 2
 #: how long the consumers have, after the last publish, to get every acknowledged message
@@ -72,14 +72,7 @@ class _Gateways:
         proc.wait()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs.values(), 20)
         self.procs.clear()
 
 
