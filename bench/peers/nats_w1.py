@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import uvloop
 
-from tidings.bench.harness import flood, free_port, percentile, pin_to, process_cpu_seconds
+from tidings.bench.harness import flood, free_port, latency_figures, pin_to, process_cpu_seconds
 
 
 class Counter(asyncio.Protocol):
@@ -133,14 +133,7 @@ async def latency(port: int, members: int, rate: float, duration: float) -> dict
     await asyncio.sleep(0.2)
     for t in [*subs, pub]:
         t.close()
-    lat = sorted(latencies)
-    return {
-        "published": n,
-        "deliveries": len(lat),
-        "p50_ms": round(percentile(lat, 0.50), 3),
-        "p99_ms": round(percentile(lat, 0.99), 3),
-        "p999_ms": round(percentile(lat, 0.999), 3),
-    }
+    return latency_figures(n, latencies)
 
 
 def measure(

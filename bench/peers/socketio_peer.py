@@ -31,7 +31,7 @@ import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from tidings.bench import w3
-from tidings.bench.harness import ServerProcess, flood, free_port, percentile, pin_to
+from tidings.bench.harness import ServerProcess, flood, free_port, latency_figures, pin_to
 from tidings.bench.swarm import Swarm, Tally
 
 SERVER = Path(__file__).with_name("socketio_server.py")
@@ -142,14 +142,7 @@ async def latency(url: str, members: int, rate: float, duration: float) -> dict[
     for c in [*subs, pub]:
         c.close()
     await asyncio.sleep(0.05)
-    lat = sorted(latencies)
-    return {
-        "published": n,
-        "deliveries": len(lat),
-        "p50_ms": round(percentile(lat, 0.50), 3),
-        "p99_ms": round(percentile(lat, 0.99), 3),
-        "p999_ms": round(percentile(lat, 0.999), 3),
-    }
+    return latency_figures(n, latencies)
 
 
 def run_w1(

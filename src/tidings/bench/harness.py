@@ -24,6 +24,7 @@ __all__ = [
     "ServerCpu",
     "ServerProcess",
     "free_port",
+    "latency_figures",
     "percentile",
     "pin_to",
     "process_cpu_seconds",
@@ -73,6 +74,18 @@ async def flood(
         else:
             await asyncio.sleep(0.0005)
     return sent, time.perf_counter() - started
+
+
+def latency_figures(published: int, latencies: list[float]) -> dict[str, float]:
+    """The fixed-rate W1 figures every system reports: counts and p50/p99/p99.9 in ms."""
+    lat = sorted(latencies)
+    return {
+        "published": published,
+        "deliveries": len(lat),
+        "p50_ms": round(percentile(lat, 0.50), 3),
+        "p99_ms": round(percentile(lat, 0.99), 3),
+        "p999_ms": round(percentile(lat, 0.999), 3),
+    }
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -29,7 +29,7 @@ import msgspec
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from tidings.bench.harness import BenchServer, ServerCpu, flood, percentile, pin_to
+from tidings.bench.harness import BenchServer, ServerCpu, flood, latency_figures, pin_to
 
 HELLO = b'{"op":"hello","client":"bench-w1"}'
 SUB = b'[%b,{"op":"sub","topic":"sig/bench/>","rid":1}]' % HELLO
@@ -136,14 +136,7 @@ async def latency(urls: list[str], members: int, rate: float, duration: float) -
     for s in subs:
         s.close()
     await asyncio.sleep(0.05)
-    lat = sorted(latencies)
-    return {
-        "published": n,
-        "deliveries": len(lat),
-        "p50_ms": round(percentile(lat, 0.50), 3),
-        "p99_ms": round(percentile(lat, 0.99), 3),
-        "p999_ms": round(percentile(lat, 0.999), 3),
-    }
+    return latency_figures(n, latencies)
 
 
 def run(
