@@ -177,6 +177,22 @@ async def test_acked_messages_are_not_redelivered_and_unacked_are(gw: Gateway, t
     assert [m["attempt"] for m in again] == [2, 2]
 
 
+async def test_settled_messages_leave_no_timers_behind(gw: Gateway, token: str) -> None:
+    """Acked deliveries' ack_wait timers are dropped, and the registry keeps one wake-up per consumer."""
+    pub = await authed(gw.url, token)
+    await publish(pub, "conv/c9/chat", 300)
+    c = await consume(gw.url, token, "conv/c9/>")
+    for m in await collect(c, 300):
+        await c.send({"op": "ack", "sid": m["sid"], "topic": m["topic"], "offset": m["offset"]})
+    await publish(pub, "conv/c9/chat", 1, start=300)
+    (last,) = await collect(c, 1)
+    assert last["body"] == 300
+    (consumer,) = gw.consumers.by_key.values()
+    assert len(consumer.pending) == 1
+    assert len(consumer.timers) <= 2, "the 300 settled timers were compacted away"
+    assert len(gw.consumers._wakeups) == 1, "one wake-up for the consumer's earliest timer"
+
+
 async def test_nack_redelivers_after_delay(gw: Gateway, token: str) -> None:
     pub = await authed(gw.url, token)
     await publish(pub, "conv/c2/chat", 1)

@@ -202,8 +202,11 @@ class EmbeddedEngine(Engine):
 
     async def load_cursor(self, key: str) -> CursorState | None:
         saved = self._cursors.load(key)
-        return None if saved is None else msgspec.convert(saved, CursorState)
+        if saved is None or isinstance(saved, CursorState):
+            return saved
+        return msgspec.convert(saved, CursorState)
 
     async def save_cursors(self, states: dict[str, CursorState]) -> None:
-        plain = {key: msgspec.to_builtins(state) for key, state in states.items()}
-        await asyncio.to_thread(self._cursors.save_many, plain)
+        # The journal encodes the structs as they are (msgpack maps, as plain data
+        # would be): no copy into dicts first, on the event loop, every save.
+        await asyncio.to_thread(self._cursors.save_many, dict(states))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from collections import deque
 from enum import Enum
@@ -56,6 +57,12 @@ class Phase(Enum):
     INFLIGHT = "inflight"  # delivered, waiting for ack
     DELAYED = "delayed"  # nacked, waiting for its redelivery time
     DONE = "done"
+
+
+def _live(timer: tuple[float, int, Pending]) -> bool:
+    """Whether a timer entry still means something: its pending waits for exactly it."""
+    p = timer[2]
+    return p.due == timer[0] and (p.phase is Phase.INFLIGHT or p.phase is Phase.DELAYED)
 
 
 class Pending:
@@ -116,7 +123,11 @@ class Consumer:
         self.topics: dict[str, TopicState] = {}
         self.pending: dict[tuple[str, int], Pending] = {}
         self.ready: deque[Pending] = deque()
+        #: (due, seq, pending): ack_wait and nack-delay timers; an entry is live
+        #: while its pending is INFLIGHT or DELAYED with that due (others are skipped)
         self.timers: list[tuple[float, int, Pending]] = []
+        #: when the registry will tick this consumer (its earliest timer, or inf)
+        self.wake_at = math.inf
         self.lagging: deque[str] = deque()
         self.cursor_dirty = False
         self._rr = 0
@@ -345,8 +356,16 @@ class Consumer:
 
     def _arm(self, p: Pending, due: float) -> None:
         p.due = due
-        heapq.heappush(self.timers, (due, next(_seq), p))
-        self.registry.watch(self)
+        timers = self.timers
+        if len(timers) > 2 * len(self.pending) + 64:
+            # Settled messages leave their entries behind (a heap cannot drop one
+            # from the middle): compact, so memory follows what is in flight.
+            timers[:] = [t for t in timers if _live(t)]
+            heapq.heapify(timers)
+        heapq.heappush(timers, (due, next(_seq), p))
+        if due < self.wake_at:
+            self.wake_at = due
+            self.registry.wake(self, due)
 
     # -- acks -----------------------------------------------------------------
 
@@ -411,23 +430,26 @@ class Consumer:
         self._done(p.msg.topic, p.msg.offset)
         self.schedule()
 
-    def tick(self, now: float) -> bool:
-        """Fire due timers; return whether any remain."""
+    def tick(self, now: float) -> float | None:
+        """Fire the timers due by ``now``; return when the next live one is due (None: none)."""
         timers = self.timers
-        while timers and timers[0][0] <= now:
+        fired = False
+        while timers and (timers[0][0] <= now or not _live(timers[0])):
             due, _, p = heapq.heappop(timers)
-            if p.due != due:
-                continue  # superseded by a later arming
+            if not _live((due, 0, p)):
+                continue  # settled, or superseded by a later arming
+            fired = True
             if p.phase is Phase.INFLIGHT:
                 assert p.member is not None
                 p.member.inflight -= 1
                 p.member = None
                 self._retry(p, "not acked within ack_wait", 0)
-            elif p.phase is Phase.DELAYED:
+            else:  # DELAYED
                 p.phase = Phase.READY
                 self.ready.append(p)
-        self.schedule()
-        return bool(timers)
+        if fired:
+            self.schedule()
+        return timers[0][0] if timers else None
 
     def cursor(self) -> CursorState:
         self.cursor_dirty = False

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -50,7 +53,10 @@ class Consumers:
         self._idle_since: dict[str, float] = {}
         self._scheduled: dict[Consumer, None] = {}
         self._pump_pending = False
-        self._watched: set[Consumer] = set()
+        #: (due, seq, consumer): when a consumer's earliest timer is due (stale
+        #: entries, whose due is no longer the consumer's ``wake_at``, are skipped)
+        self._wakeups: list[tuple[float, int, Consumer]] = []
+        self._wakeup_seq = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._opening: dict[str, asyncio.Future[Consumer]] = {}
         self.dead_letters = 0
@@ -130,7 +136,6 @@ class Consumers:
     def _remove(self, consumer: Consumer) -> None:
         consumer.close()
         self.router.remove(consumer)
-        self._watched.discard(consumer)
         if self.by_key.get(consumer.key) is consumer:
             del self.by_key[consumer.key]
         self._idle_since.pop(consumer.key, None)
@@ -173,16 +178,30 @@ class Consumers:
             except Exception:
                 log.exception("delivery for consumer %r failed", consumer.key)
 
-    def watch(self, consumer: Consumer) -> None:
-        self._watched.add(consumer)
+    def wake(self, consumer: Consumer, due: float) -> None:
+        """Tick ``consumer`` once ``due`` has passed (its earliest timer moved to ``due``)."""
+        heapq.heappush(self._wakeups, (due, next(self._wakeup_seq), consumer))
 
     async def _timers(self) -> None:
+        # Only consumers with a timer due are touched: a tick costs nothing per idle
+        # consumer, however many thousands are connected.
+        wakeups = self._wakeups
         while True:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
-            for consumer in list(self._watched):
-                if not consumer.tick(now):
-                    self._watched.discard(consumer)
+            while wakeups and wakeups[0][0] <= now:
+                due, _, consumer = heapq.heappop(wakeups)
+                if consumer.wake_at != due or consumer.closed:
+                    continue
+                consumer.wake_at = math.inf
+                try:
+                    following = consumer.tick(now)
+                except Exception:
+                    log.exception("timers of consumer %r failed", consumer.key)
+                    continue
+                if following is not None:
+                    consumer.wake_at = following
+                    self.wake(consumer, following)
 
     # -- dead letters -------------------------------------------------------
 
