@@ -59,3 +59,6 @@ def configure(level: str = "info", fmt: LogFormat = "console") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # picows logs every accepted and closed connection at INFO: connection churn
+    # (a reconnect storm, a handshake flood) would become a log flood.
+    logging.getLogger("picows").setLevel(logging.DEBUG if level.lower() == "debug" else logging.WARNING)

@@ -210,3 +210,24 @@ async def test_a_slow_consumer_costs_the_others_nothing_and_loses_no_durable_mes
         )
     finally:
         await gw.stop()
+
+
+async def test_a_big_batch_is_worked_through_in_slices_while_others_are_served(gw: Gateway) -> None:
+    """4 messages of 1,024 frames each: the gateway acts on half a millisecond of a connection's frames per
+    loop turn (reading from it paused meanwhile), so another client's publish is answered
+    long before the batch is, and the batch is still answered whole and in order."""
+    token = gw.authority.mint("batcher", **ALL)
+    big = await authed(gw.url, token)
+    small = await authed(gw.url, token)
+    for m in range(4):
+        frames = [{"op": "pub", "topic": "sig/batch/x", "body": i, "rid": m * 1024 + i} for i in range(1024)]
+        await big.send(*frames)
+    await small.send({"op": "pub", "topic": "sig/batch/y", "body": "hi", "rid": 1})
+    await small.expect("puback")
+    waiting = [c for c in gw.connections if c.session.has_incoming]
+    assert len(waiting) == 1, "the small publish was answered while the batch still had frames waiting"
+    answers = await replies(big, 4096)
+    assert [a["rid"] for a in answers] == list(range(4096))
+    assert all(a["op"] == "puback" for a in answers)
+    await small.send({"op": "pub", "topic": "sig/batch/y", "body": "again", "rid": 2})
+    assert (await small.expect("puback"))["rid"] == 2

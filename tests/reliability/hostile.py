@@ -2,23 +2,35 @@
 
 Used by ``test_hostile.py`` one by one (each outcome checked against the
 documented one) and by ``python -m tests.reliability.hostile``, a separate
-attacker process that repeats them all while the test measures healthy clients.
+attacker process that repeats them all while healthy clients are measured
+(``p99_under``: by the test, and by ``bench/hostile_p99.py`` for the figure).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import os
+import re
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+import jwt
 import msgspec
 
+import tidings
+from tests.conftest import UNIT
 from tests.reliability import rawws as w
+from tests.reliability_helpers import ROOT, ServerProcess
+from tidings.auth import Authority
+from tidings.metrics import percentile
 
 MiB = 1024 * 1024
 
@@ -41,6 +53,62 @@ class Target:
     port: int
     #: name -> token: valid, narrow, expired, forged, tampered, none_alg, future, missing, revoked
     tokens: dict[str, str]
+    #: the server's token secret (to mint more) and a client of its control plane (admin)
+    secret: bytes = b""
+    control: httpx.Client | None = None
+
+    def revoke(self, token: str) -> None:
+        """Revoke ``token`` through the server's control plane."""
+        assert self.control is not None
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        answer = self.control.delete(f"/v1/tokens/{jti}")
+        assert answer.status_code == 200, answer.text
+
+
+#: the server settings every case's documented outcome assumes
+ENV = {"TIDINGS_HELLO_TIMEOUT": "1", "TIDINGS_ALLOWED_ORIGINS": "https://app.example"}
+_CONTROL_LINE = re.compile(r"control plane on (\S+)")
+
+
+def prepare(server: ServerProcess, data_dir: Any) -> Target:
+    """The target ``server`` (started with ``ENV`` on ``data_dir``): a token for every case,
+    the ``revoked`` one revoked through the control plane."""
+    authority = Authority.from_data_dir(data_dir)
+    now = int(time.time())
+    narrow = authority.mint("narrow", pub=["conv/team-1/>"], subs=["conv/team-1/>"])
+    secret = (data_dir / "secret.key").read_bytes().strip()
+    tokens = {
+        "valid": authority.mint("hostile", pub=[">"], subs=[">"]),
+        "narrow": narrow,
+        "expired": authority.mint("hostile", pub=[">"], subs=[">"], ttl=-60),
+        "forged": Authority(b"not-the-server-secret-0123456789abcdef").mint("hostile", pub=[">"], subs=[">"]),
+        "tampered": _tampered(narrow),
+        "none_alg": jwt.encode({"sub": "hostile", "exp": now + 600, "subs": [">"]}, None, algorithm="none"),
+        "future": jwt.encode(
+            {"sub": "hostile", "iat": now + 3600, "exp": now + 7200}, secret, algorithm="HS256"
+        ),
+        "missing": "",
+        "revoked": authority.mint("hostile", pub=[">"], subs=[">"]),
+    }
+    host, port = server.url.removeprefix("ws://").strip("/").split(":")
+    deadline = time.monotonic() + 10 * UNIT
+    while not (found := next(filter(None, map(_CONTROL_LINE.search, list(server.output))), None)):
+        assert time.monotonic() < deadline, "no control plane:\n" + "".join(server.output)
+        time.sleep(0.05)
+    admin = authority.mint("operator", admin=True)
+    control = httpx.Client(base_url=found[1], headers={"Authorization": f"Bearer {admin}"}, timeout=10 * UNIT)
+    target = Target(host, int(port), tokens, secret, control)
+    target.revoke(tokens["revoked"])
+    return target
+
+
+def _tampered(token: str) -> str:
+    """The token with its grants widened and the original signature kept."""
+    head, payload, sig = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["pub"] = claims["subs"] = [">"]
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{head}.{forged}.{sig}"
 
 
 def _authed(t: Target, token: str = "valid", protocol: str = "tidings.v1.json") -> socket.socket:
@@ -261,6 +329,90 @@ def attack_forever(
             attack(target)
             runs[name] += 1
     return runs
+
+
+async def healthy_latencies(
+    url: str, token: str, seconds: float, rate: float = 400.0
+) -> tuple[list[float], int]:
+    """Healthy traffic: a publisher and a subscriber over the SDK; one-way latency of each message."""
+    out: list[float] = []
+    async with (
+        tidings.connect(url, token, name="healthy-sub") as sub_agent,
+        tidings.connect(url, token, name="healthy-pub") as pub_agent,
+    ):
+        sub = await sub_agent.subscribe("sig/healthy/>")
+
+        async def receive() -> None:
+            async for msg in sub:
+                out.append(time.perf_counter() - msg.body)
+
+        reader = asyncio.create_task(receive())
+        end = time.monotonic() + seconds
+        sent = 0
+        while time.monotonic() < end:
+            pub_agent.publish_nowait("sig/healthy/x", time.perf_counter())
+            sent += 1
+            await asyncio.sleep(1 / rate)
+        await asyncio.sleep(0.5)
+        reader.cancel()
+    return out, sent
+
+
+@dataclass
+class UnderAttack:
+    """Healthy p99 (ms) without and with the attacker, what it ran, what the healthy clients got."""
+
+    p99_base: float
+    p99_attack: float
+    runs: dict[str, int]
+    sent: int
+    received: int
+
+    @property
+    def ratio(self) -> float:
+        return self.p99_attack / self.p99_base
+
+
+async def p99_under(
+    target: Target, only: list[str] | None, seconds: float = 3.0, attacker_prefix: Sequence[str] = ()
+) -> UnderAttack:
+    """Healthy p99 without, then with, an attacker process running ``only`` (None: every case).
+
+    ``attacker_prefix`` goes before the attacker's command (e.g. ``nice -n 19``).
+    """
+    url = f"ws://{target.host}:{target.port}/"
+    token = target.tokens["valid"]
+    baseline, _ = await healthy_latencies(url, token, seconds)
+    attacker = await asyncio.create_subprocess_exec(
+        *attacker_prefix,
+        *[sys.executable, "-m", "tests.reliability.hostile", target.host, str(target.port), str(seconds + 2)],
+        json.dumps(target.tokens),
+        *([",".join(only)] if only else []),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        await asyncio.sleep(1.0)
+        attacked, sent = await healthy_latencies(url, token, seconds)
+        out, _ = await asyncio.wait_for(attacker.communicate(), 60 * UNIT)
+    finally:
+        if attacker.returncode is None:
+            attacker.kill()
+            await attacker.wait()
+    result = UnderAttack(
+        percentile(sorted(baseline), 0.99) * 1000,
+        percentile(sorted(attacked), 0.99) * 1000,
+        json.loads(out),
+        sent,
+        len(attacked),
+    )
+    print(
+        f"\nhealthy p99 {result.p99_base:.2f} ms without attack, {result.p99_attack:.2f} ms under"
+        f" attack ({result.ratio:.2f}x); {len(baseline)} / {len(attacked)} samples;"
+        f" attacks: {out.decode().strip()}"
+    )
+    return result
 
 
 if __name__ == "__main__":

@@ -89,12 +89,14 @@ class Subscription:
 class Connection(WSListener):
     # Slots: ten thousand idle connections should cost as little as possible (W4).
     __slots__ = (
+        "_continue",
         "_fragment_bytes",
         "_fragment_text",
         "_fragments",
         "_joining",
         "_may_publish",
         "_next_sid",
+        "_reads_paused",
         "_timers",
         "_unacked",
         "_write_deadline",
@@ -135,6 +137,9 @@ class Connection(WSListener):
         self._timers: list[asyncio.TimerHandle] = []
         self._unacked = 0  # durable publishes waiting for their puback
         self._joining: set[asyncio.Future[None]] = set()
+        #: the rest of a big batch, acted on in a later loop turn (reading paused meanwhile)
+        self._continue: asyncio.Handle | None = None
+        self._reads_paused = False
 
     @property
     def agent(self) -> str:
@@ -229,6 +234,9 @@ class Connection(WSListener):
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._continue is not None:
+            self._continue.cancel()
+            self._continue = None
         self.gateway.unregister(self)
         self.session.connection_lost()
         if self.grants is not None:
@@ -266,6 +274,14 @@ class Connection(WSListener):
             self.session.receive_data(data, self._fragment_text)
 
     def _process(self) -> None:
+        """Act on the frames received, for at most ``SLICE_S`` of one event-loop turn.
+
+        A batch of up to 1,024 frames in one message would otherwise hold the loop
+        (and every other connection) for as long as it takes: the rest waits for a
+        later turn, and reading from this client pauses until it is done.
+        """
+        self._continue = None
+        until = time.perf_counter() + SLICE_S
         for frame in self.session.events_received():
             rid = getattr(frame, "rid", None)
             try:
@@ -273,7 +289,9 @@ class Connection(WSListener):
             except TidingsError as exc:
                 self.gateway.stats.reject(exc.code)
                 if isinstance(frame, f.Hello):
-                    log.info("hello refused: %s", exc.message, extra=self.context(code=exc.code))
+                    # DEBUG: refusals are counted by code in /metrics; a line each would let
+                    # a flood of bad handshakes flood the logs too.
+                    log.debug("hello refused: %s", exc.message, extra=self.context(code=exc.code))
                     self.session.reject(exc, rid)
                 else:
                     self.session.send(error_frame(exc, rid))
@@ -284,8 +302,26 @@ class Connection(WSListener):
                     "handling %s from agent %r failed", f.op_of(frame), self.agent, extra=self.context()
                 )
                 self.session.send(error_frame(TidingsError("internal error; the server logged it"), rid))
+            if self.session.has_incoming and time.perf_counter() > until:
+                break
         if self.session.pending_bytes or self.session.close_code is not None:
             self.gateway.mark_dirty(self)
+        self._pace(self.session.has_incoming)
+
+    def _pace(self, more: bool) -> None:
+        """Pause reading while frames wait for a later turn; resume once they are done."""
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        if more:
+            if self._continue is None:
+                self._continue = asyncio.get_running_loop().call_soon(self._process)
+            if not self._reads_paused:
+                self._reads_paused = True
+                transport.underlying_transport.pause_reading()
+        elif self._reads_paused:
+            self._reads_paused = False
+            transport.underlying_transport.resume_reading()
 
     def _dispatch(self, frame: f.ClientFrame) -> None:
         if isinstance(frame, f.Pub):
@@ -572,6 +608,8 @@ def _body_size(body: object) -> int:
         return 0
 
 
+#: seconds of one event-loop turn a connection's frames may take (``Connection._process``)
+SLICE_S = 0.0005
 MAX_CAPABILITIES = 64
 MAX_LABEL = 64
 

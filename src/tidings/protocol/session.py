@@ -123,6 +123,11 @@ class Session(Generic[E]):
     def _on_bad_frame(self, exc: ProtocolError) -> None:
         self.fail(exc, CloseCode.PROTOCOL_ERROR)
 
+    @property
+    def has_incoming(self) -> bool:
+        """Whether received frames wait to be taken out (and the session can still act on them)."""
+        return bool(self._incoming) and self.state not in (State.CLOSING, State.CLOSED)
+
     def events_received(self) -> Iterator[E]:
         """Take out the frames received so far, each checked against the state.
 
