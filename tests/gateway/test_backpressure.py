@@ -231,3 +231,48 @@ async def test_a_big_batch_is_worked_through_in_slices_while_others_are_served(g
     assert all(a["op"] == "puback" for a in answers)
     await small.send({"op": "pub", "topic": "sig/batch/y", "body": "again", "rid": 2})
     assert (await small.expect("puback"))["rid"] == 2
+
+
+async def test_a_closed_connection_s_many_subscriptions_are_dropped_over_several_turns(gw: Gateway) -> None:
+    """1,000 subscriptions: none is dropped in the turn the connection closes, at most 128 in
+    each later turn; in the end none is left, and a subscriber elsewhere still gets its messages."""
+    from tidings.gateway.server import DROP_SLICE
+
+    token = gw.authority.mint("many", **ALL)
+    many = await authed(gw.url, token)
+    await many.send(*[{"op": "sub", "topic": f"sig/many/t{i}", "rid": i} for i in range(1000)])
+    for _ in range(1000):
+        await many.expect("subbed")
+    other = await authed(gw.url, token)
+    await other.send({"op": "sub", "topic": "sig/many/t7", "rid": 1})
+    await other.expect("subbed")
+    assert gw.stats.subscriptions == 1001
+    at_close: list[int] = []
+    per_turn: list[int] = []
+    unregister, drop_some = gw.unregister, gw._drop_some
+
+    def counting(conn: Any) -> None:
+        before = gw.stats.subscriptions
+        unregister(conn)
+        at_close.append(before - gw.stats.subscriptions)
+
+    def counting_turn(limit: int = DROP_SLICE) -> None:
+        before = gw.stats.subscriptions
+        drop_some(limit)
+        per_turn.append(before - gw.stats.subscriptions)
+
+    gw.unregister = counting  # type: ignore[method-assign]
+    gw._drop_some = counting_turn  # type: ignore[method-assign]
+    await many.close()
+    deadline = time.monotonic() + 5 * UNIT
+    while gw.stats.subscriptions > 1 and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter
+        await asyncio.sleep(0.01)
+    assert at_close == [0]
+    assert per_turn == [DROP_SLICE] * 7 + [1000 - 7 * DROP_SLICE]
+    assert gw.stats.subscriptions == 1
+    (left,) = gw.router.match("sig/many/t7")
+    assert left.conn in gw.connections
+    assert gw.router.match("sig/many/t8") == []
+    publisher = await authed(gw.url, token)
+    await publisher.send({"op": "pub", "topic": "sig/many/t7", "body": "still here"})
+    assert (await other.expect("msg"))["body"] == "still here"
