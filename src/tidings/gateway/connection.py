@@ -280,7 +280,9 @@ class Connection(WSListener):
         (and every other connection) for as long as it takes: the rest waits for a
         later turn, and reading from this client pauses until it is done.
         """
-        self._continue = None
+        if self._continue is not None:  # called for a new message before the handle ran
+            self._continue.cancel()
+            self._continue = None
         until = time.perf_counter() + SLICE_S
         for frame in self.session.events_received():
             rid = getattr(frame, "rid", None)
