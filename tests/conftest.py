@@ -6,8 +6,9 @@ stretches them all with ``TIDINGS_TEST_TIME_SCALE=3``.
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ from tidings.gateway import Gateway
 
 UNIT = float(os.environ.get("TIDINGS_TEST_TIME_SCALE", "1"))
 SECRET = b"test-secret-0123456789abcdef-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _collect_after() -> Iterator[None]:
+    """Collect garbage after each test, so that a resource it leaked in a reference cycle
+    (an unclosed socket) is reported against that test, not whichever runs when the
+    collector next happens to run."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

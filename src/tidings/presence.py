@@ -24,8 +24,29 @@ from typing import Protocol
 
 import msgspec
 
+from tidings.errors import InvalidFrame
+
 #: offline agents remembered (with their last status and last-seen time)
 OFFLINE_REMEMBERED = 10_000
+#: what an agent may declare about itself in hello and presence frames
+MAX_CAPABILITIES = 64
+MAX_LABEL = 64
+
+
+def checked_status(status: str) -> str:
+    """``status`` if it is a valid status label; else ``InvalidFrame``."""
+    if len(status) > MAX_LABEL:
+        raise InvalidFrame(f"status is longer than {MAX_LABEL} characters")
+    return status
+
+
+def checked_capabilities(capabilities: list[str]) -> list[str]:
+    """``capabilities`` if each is a valid label and there are not too many; else ``InvalidFrame``."""
+    if len(capabilities) > MAX_CAPABILITIES:
+        raise InvalidFrame(f"more than {MAX_CAPABILITIES} capabilities")
+    if any(not isinstance(c, str) or not c or len(c) > MAX_LABEL for c in capabilities):
+        raise InvalidFrame(f"each capability is a non-empty string of at most {MAX_LABEL} characters")
+    return capabilities
 
 
 class AgentPresence(msgspec.Struct, kw_only=True):

@@ -31,7 +31,10 @@ from tidings.errors import (
     TidingsError,
     Unauthorized,
 )
+from tidings.gateway.subscription import Subscription
+from tidings.gateway.websocket import Reassembly, close_reply, has_reserved_bits
 from tidings.metrics import namespace_of
+from tidings.presence import checked_capabilities, checked_status
 from tidings.protocol import frames as f
 from tidings.protocol.session import CloseCode, ServerSession, State, error_frame
 from tidings.protocol.topics import is_durable, is_wildcard, validate_pattern, validate_topic
@@ -44,59 +47,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.gateway")
 
 
-class Subscription:
-    """One ``sub`` of one connection: live (in the router) or a member of a ``Consumer``."""
-
-    __slots__ = ("conn", "consumer", "inflight", "max_inflight", "pattern", "sid", "suffix")
-
-    def __init__(self, conn: Connection, sid: int, pattern: str) -> None:
-        self.conn = conn
-        self.sid = sid
-        self.pattern = pattern
-        #: closes a shared delivery encoding with this subscription's sid
-        self.suffix = conn.session.codec.sid_suffix(sid)
-        self.consumer: Consumer | None = None
-        self.inflight = 0
-        self.max_inflight = 0
-
-    def deliver(self, msg: f.Msg, attempt: int) -> None:
-        """Send one message of a replay or durable consumer on this subscription.
-
-        The message is encoded once per codec and attempt for every subscription it
-        goes to in this loop turn (``Gateway.encoded_delivery``); this one's ``sid``
-        is appended. Raises ``TypeError``/``ValueError``/``OverflowError`` for a body
-        this connection's codec cannot carry.
-        """
-        conn = self.conn
-        data = conn.gateway.encoded_delivery(msg, attempt, conn) + self.suffix
-        if self.consumer is not None and self.consumer.priority:
-            conn.session.send_encoded_priority(data)
-        else:
-            conn.session.send_encoded(data)
-        conn.gateway.mark_dirty(conn)
-
-    def deliver_gap(self, topic: str, first: int, last: int, reason: str) -> None:
-        self._send(f.Gap(sid=self.sid, topic=topic, first=first, last=last, reason=reason))
-
-    def _send(self, frame: msgspec.Struct) -> None:
-        if self.consumer is not None and self.consumer.priority:
-            self.conn.session.send_priority(frame)
-        else:
-            self.conn.session.send(frame)
-        self.conn.gateway.mark_dirty(self.conn)
-
-
 class Connection(WSListener):
     # Slots: ten thousand idle connections should cost as little as possible (W4).
     __slots__ = (
         "_continue",
-        "_fragment_bytes",
-        "_fragment_text",
-        "_fragments",
         "_joining",
         "_may_publish",
         "_next_sid",
         "_reads_paused",
+        "_reassembly",
         "_timers",
         "_unacked",
         "_write_deadline",
@@ -131,9 +90,8 @@ class Connection(WSListener):
         self._write_deadline: asyncio.TimerHandle | None = None
         self.transport: WSTransport | None = None
         self._next_sid = 1
-        self._fragments: list[bytes] | None = None
-        self._fragment_bytes = 0
-        self._fragment_text = False
+        #: a fragmented message being received (None between messages)
+        self._reassembly: Reassembly | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._unacked = 0  # durable publishes waiting for their puback
         self._joining: set[asyncio.Future[None]] = set()
@@ -161,7 +119,7 @@ class Connection(WSListener):
         self._timers.append(loop.call_later(self.gateway.settings.hello_timeout, self._hello_deadline))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+        if has_reserved_bits(frame):
             # RFC 6455 5.2: no extension is negotiated, so a reserved bit fails the connection.
             self.session.fail(
                 ProtocolError("reserved bits set, no extension was negotiated"), CloseCode.PROTOCOL_ERROR
@@ -170,20 +128,12 @@ class Connection(WSListener):
             return
         kind = frame.msg_type
         if kind is WSMsgType.CLOSE:
-            # Echo the peer's code (RFC 6455 5.5.1); a close without one is answered 1000,
-            # never with picows' placeholder 0, which may not appear on the wire.
-            code = frame.get_close_code()
-            if frame.payload_size == 0:
-                code = WSCloseCode.OK
-            elif not _may_be_sent(code.value):
-                # RFC 6455 7.4: 1005, 1006, 1015 and unassigned codes never appear on the wire.
-                code = WSCloseCode.PROTOCOL_ERROR
-            transport.send_close(code)
+            transport.send_close(close_reply(frame))
             transport.disconnect()
             return
         if kind not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
             return  # ping/pong are answered by picows itself
-        if kind is WSMsgType.CONTINUATION or not frame.fin or self._fragments is not None:
+        if kind is WSMsgType.CONTINUATION or not frame.fin or self._reassembly is not None:
             self._on_fragment(frame)
         else:
             self.session.receive_data(frame.get_payload_as_memoryview(), kind is WSMsgType.TEXT)
@@ -245,33 +195,20 @@ class Connection(WSListener):
     # -- frames ---------------------------------------------------------------
 
     def _on_fragment(self, frame: WSFrame) -> None:
-        """Reassemble a fragmented message, refusing it once it passes the limit.
-
-        RFC 6455 5.4: a continuation needs a message in progress, and a new data
-        frame may not start while one is; either breaks the protocol (1002).
-        """
-        starting = frame.msg_type is not WSMsgType.CONTINUATION
-        if starting == (self._fragments is not None):
-            self._fragments = None
-            why = "a new message started inside a fragmented one" if starting else "continuation of nothing"
-            self.session.fail(ProtocolError(why), CloseCode.PROTOCOL_ERROR)
-            return
-        if self._fragments is None:
-            self._fragments, self._fragment_bytes = [], 0
-            self._fragment_text = frame.msg_type is WSMsgType.TEXT
-        self._fragment_bytes += frame.payload_size
-        limit = self.gateway.settings.max_frame_bytes
-        if self._fragment_bytes > limit:
-            self._fragments = None
-            self.session.fail(
-                FrameTooLarge(f"fragmented message over the limit of {limit} bytes"),
-                CloseCode.MESSAGE_TOO_BIG,
-            )
-            return
-        self._fragments.append(frame.get_payload_as_bytes())
-        if frame.fin:
-            data, self._fragments = b"".join(self._fragments), None
-            self.session.receive_data(data, self._fragment_text)
+        """Add a fragment to the message being reassembled (``websocket.Reassembly``)."""
+        reassembly = self._reassembly or Reassembly(self.gateway.settings.max_frame_bytes)
+        self._reassembly = None
+        try:
+            data = reassembly.feed(frame)
+        except FrameTooLarge as exc:
+            self.session.fail(exc, CloseCode.MESSAGE_TOO_BIG)
+        except ProtocolError as exc:
+            self.session.fail(exc, CloseCode.PROTOCOL_ERROR)
+        else:
+            if data is None:
+                self._reassembly = reassembly
+            else:
+                self.session.receive_data(data, reassembly.text)
 
     def _process(self) -> None:
         """Act on the frames received, for at most ``SLICE_S`` of one event-loop turn.
@@ -357,7 +294,7 @@ class Connection(WSListener):
             self.grants = gw.authority.verify(hello.token)
             if gw.catalog.is_revoked(self.grants.jti):
                 raise Unauthorized("token has been revoked")
-        capabilities = _checked_capabilities(hello.capabilities)
+        capabilities = checked_capabilities(hello.capabilities)
         s = gw.settings
         self.session.accept(
             f.Welcome(
@@ -377,7 +314,7 @@ class Connection(WSListener):
         if self.grants.expires_at is not None:
             delay = max(0.0, self.grants.expires_at - time.time())
             self._timers.append(asyncio.get_running_loop().call_later(delay, self._token_expired))
-        gw.presence.connected(self, self.grants.agent, _checked_status(hello.status), capabilities)
+        gw.presence.connected(self, self.grants.agent, checked_status(hello.status), capabilities)
         log.info(
             "agent %r connected (%s)", self.agent, hello.client or "no client name", extra=self.context()
         )
@@ -385,8 +322,8 @@ class Connection(WSListener):
     def _on_presence(self, update: f.PresenceUpdate) -> None:
         """The agent changed its status or capabilities; answered (with ``rid``) by an echo."""
         assert self.grants is not None
-        status = _checked_status(update.status)
-        capabilities = None if update.capabilities is None else _checked_capabilities(update.capabilities)
+        status = checked_status(update.status)
+        capabilities = None if update.capabilities is None else checked_capabilities(update.capabilities)
         self.gateway.presence.update(self, status or None, capabilities)
         if update.rid is not None:
             current = self.gateway.presence.get(self.grants.agent)
@@ -612,24 +549,3 @@ def _body_size(body: object) -> int:
 
 #: seconds of one event-loop turn a connection's frames may take (``Connection._process``)
 SLICE_S = 0.0005
-MAX_CAPABILITIES = 64
-MAX_LABEL = 64
-
-
-def _checked_status(status: str) -> str:
-    if len(status) > MAX_LABEL:
-        raise InvalidFrame(f"status is longer than {MAX_LABEL} characters")
-    return status
-
-
-def _checked_capabilities(capabilities: list[str]) -> list[str]:
-    if len(capabilities) > MAX_CAPABILITIES:
-        raise InvalidFrame(f"more than {MAX_CAPABILITIES} capabilities")
-    if any(not isinstance(c, str) or not c or len(c) > MAX_LABEL for c in capabilities):
-        raise InvalidFrame(f"each capability is a non-empty string of at most {MAX_LABEL} characters")
-    return capabilities
-
-
-def _may_be_sent(code: int) -> bool:
-    """Whether a peer may put ``code`` in a close frame (RFC 6455 7.4.1-7.4.2, IANA registry)."""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999

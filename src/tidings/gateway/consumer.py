@@ -42,8 +42,8 @@ from tidings.protocol.topics import is_durable
 from tidings.tracing import TRACEPARENT
 
 if TYPE_CHECKING:
-    from tidings.gateway.connection import Subscription
     from tidings.gateway.consumers import Consumers
+    from tidings.gateway.subscription import Subscription
 
 READ_BATCH = 256
 HOLD_LIMIT = 4 * READ_BATCH  # commits held per topic while its read is in flight

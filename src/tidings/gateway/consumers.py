@@ -25,7 +25,7 @@ from tidings.protocol.topics import DURABLE_NAMESPACES, validate_topic
 from tidings.tracing import Tracer
 
 if TYPE_CHECKING:
-    from tidings.gateway.connection import Subscription
+    from tidings.gateway.subscription import Subscription
 
 log = logging.getLogger("tidings.gateway")
 

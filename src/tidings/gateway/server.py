@@ -34,10 +34,11 @@ from tidings.config import DEFAULT_NATS_SHARDS, Settings
 from tidings.engine.base import Engine
 from tidings.engine.embedded import EmbeddedEngine
 from tidings.errors import InvalidFrame
-from tidings.gateway.connection import Connection, Subscription
+from tidings.gateway.connection import Connection
 from tidings.gateway.consumers import Consumers
 from tidings.gateway.limits import Limiter
 from tidings.gateway.router import Router
+from tidings.gateway.subscription import Subscription
 from tidings.log.types import RetentionPolicy
 from tidings.metrics import GatewayStats, namespace_of
 from tidings.presence import PresenceEvent
