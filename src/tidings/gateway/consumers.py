@@ -197,8 +197,8 @@ class Consumers:
                 try:
                     following = consumer.tick(now)
                 except Exception:
-                    log.exception("timers of consumer %r failed", consumer.key)
-                    continue
+                    log.exception("timers of consumer %r failed; retrying in 1 s", consumer.key)
+                    following = now + 1.0  # its timers must not be forgotten
                 if following is not None:
                     consumer.wake_at = following
                     self.wake(consumer, following)
