@@ -273,7 +273,11 @@ class NatsEngine(Engine):
         body: dict[str, Any] = json.loads(answer.data)
         error = body.get("error")
         if error is not None and error.get("err_code") not in allow:
-            raise StorageError(f"JetStream refused {call}: {error.get('description')}")
+            description = str(error.get("description"))
+            if "no suitable peers" in description:
+                # A node is down or rejoining: an R3 stream cannot be placed yet (transient).
+                raise _Unplaced(f"JetStream refused {call}: {description}")
+            raise StorageError(f"JetStream refused {call}: {description}")
         return body
 
     # -- publishing ---------------------------------------------------------
@@ -560,7 +564,8 @@ async def _retry(what: str, call: Callable[[], Awaitable[T]], for_s: float = RET
     """Await ``call()`` until it stops raising a transient NATS error, for at most ``for_s``.
 
     Timeouts, "no responders" and JetStream's 503 are what a leader election
-    looks like from a client (FIELD-NOTES: up to ~5 s); then ``RetryLater``. Anything else NATS
+    looks like from a client (FIELD-NOTES: up to ~5 s), and "no suitable peers for
+    placement" what a node still rejoining looks like; then ``RetryLater``. Anything else NATS
     raises is a ``StorageError``. (nats-py's JetStream publish, which the cursor bucket's ``put``
     uses, turns "no responders" into ``NoStreamResponseError``.)
     """
@@ -576,6 +581,7 @@ async def _retry(what: str, call: Callable[[], Awaitable[T]], for_s: float = RET
             ServiceUnavailableError,
             TimeoutError,
             _Stale,
+            _Unplaced,
         ) as exc:
             if time.monotonic() + delay > deadline:
                 raise RetryLater(f"{what}: NATS did not answer for {for_s} s ({exc!r})", 1000) from None
@@ -583,6 +589,10 @@ async def _retry(what: str, call: Callable[[], Awaitable[T]], for_s: float = RET
             raise StorageError(f"{what}: {exc!r}") from None
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+class _Unplaced(Exception):
+    """JetStream cannot place a stream's replicas yet: a node is offline or rejoining."""
 
 
 class _Stale(Exception):
