@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import tidings
 from tests.conftest import UNIT
 from tidings.auth import Authority
-from tidings.cluster import NatsCluster, free_ports, start_gateway
+from tidings.cluster import NatsCluster, free_ports, start_gateway, stop_all
 from tidings.sdk import Backoff
 
 PUBLISHERS = 4
@@ -112,14 +111,7 @@ async def test_kill_a_node_and_a_gateway_mid_run(cluster: NatsCluster, tmp_path:
         for agent in agents:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(agent.close(), 5)
-        for proc in gateways:
-            if proc.poll() is None:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(10)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_all(gateways, 10)
 
 
 async def test_a_gateway_starting_while_a_node_is_down_waits_for_it(cluster: NatsCluster) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import tidings
 from tests.conftest import UNIT
 from tidings.auth import Authority
-from tidings.cluster import NatsCluster, free_ports, start_gateway
+from tidings.cluster import NatsCluster, free_ports, start_gateway, stop_all
 from tidings.sdk import Backoff
 
 LEASE_S = 3.0
@@ -115,11 +114,4 @@ async def test_an_agent_on_gateway_2_is_seen_from_gateway_1_and_expires_with_it(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(roamer.close(), 5)
         await http.aclose()
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(10)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_all(procs, 10)
