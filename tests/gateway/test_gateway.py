@@ -338,6 +338,9 @@ async def test_slow_live_subscriber_gets_dropped_notice_and_others_keep_receivin
         assert dropped["count"] > 0
         assert dropped["topic"] == "sig/flood/>"
         await bystander.assert_alive()
+        slow.abort()
+        await pub.close()
+        await bystander.close()
     finally:
         await gw.stop()
 

@@ -70,6 +70,11 @@ class Raw:
     async def close(self) -> None:
         await self.ws.close()
 
+    def abort(self) -> None:
+        """Drop the TCP connection at once: a client that stopped reading never sees the
+        server's close, so its socket would otherwise stay open after the test."""
+        self.ws.transport.abort()
+
 
 async def authed(url: str, token: str, subprotocol: str = "tidings.v1.json") -> Raw:
     raw = await Raw.open(url, subprotocol)
