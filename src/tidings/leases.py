@@ -19,7 +19,7 @@ the time the bucket stored it) and answers ``view()``, a ``PresenceView`` that
 merges this gateway's own table (exact and current) with every other
 gateway's leases still within ``lease_s`` of their last write.
 
-This module does no I/O: the engine brings the bucket (``engine/nats.py``).
+This module does no I/O: the engine brings the bucket (``engine/nats/engine.py``).
 """
 
 from __future__ import annotations

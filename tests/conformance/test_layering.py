@@ -1,4 +1,4 @@
-"""nats-py has one home: ``engine/nats.py`` (CRAFT.md, habit 1)."""
+"""nats-py has one home: the ``engine/nats`` package (CRAFT.md, habit 1)."""
 
 from __future__ import annotations
 
@@ -13,4 +13,6 @@ def test_only_the_nats_engine_imports_nats() -> None:
         for path in SRC.rglob("*.py")
         if any(name == "nats" or name.startswith("nats.") for name in imported_modules(path))
     )
-    assert importers == [str(Path("engine") / "nats.py")]
+    home = Path("engine") / "nats"
+    assert importers, "the NATS engine imports nats"
+    assert all(Path(p).parent == home for p in importers), importers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from nats.js.errors import APIError, NoStreamResponseError
 
-from tidings.engine.nats import _retry
+from tidings.engine.nats.calls import retry
 from tidings.errors import StorageError
 
 
@@ -22,7 +22,7 @@ async def test_a_stream_with_no_leader_yet_is_waited_for_like_an_election() -> N
             raise NoStreamResponseError
         return "saved"
 
-    assert await _retry("save a cursor", put) == "saved"
+    assert await retry("save a cursor", put) == "saved"
     assert calls == 3
 
 
@@ -31,4 +31,4 @@ async def test_other_jetstream_errors_are_storage_errors() -> None:
         raise APIError(code=400, description="bad request")
 
     with pytest.raises(StorageError, match="save a cursor"):
-        await _retry("save a cursor", put)
+        await retry("save a cursor", put)

@@ -1,67 +1,42 @@
-"""The NATS engine: durable topics in JetStream, ephemeral ones on core NATS.
-
-The only module of tidings that imports ``nats``; NATS errors become
-``tidings.errors`` here and nowhere else.
-
-Layout in NATS (``docs/scaling.md`` draws it):
-
-- One stream per durable namespace and shard, ``TIDINGS_<ns>_<shard>``, with
-  subjects ``tidings.<shard>.<ns>.>``. A topic ``conv/team-7/a.b`` is the
-  subject ``tidings.<shard>.conv.team-7.a%b``: ``/`` becomes ``.`` and a ``.``
-  inside a segment becomes ``%`` (not in the topic alphabet, so the mapping is
-  reversible). Streams are per namespace as well as per shard because JetStream
-  retention (``max_age``, ``max_msgs_per_subject``) is per stream and tidings'
-  is per namespace.
-- A message's offset is its stream sequence. A topic lives in one stream, so
-  its offsets are strictly increasing, and, as with the embedded log, not
-  contiguous. A stored message is the embedded log's record payload
-  (``[id, sender, ts, body, parent, lamport, headers]``, msgpack).
-- ``Nats-Msg-Id`` is a 128-bit BLAKE2b of ``topic NUL id``: JetStream dedups per
-  stream, tidings per topic, and an id may hold any character. A duplicate's
-  ack carries the original's sequence, which is its offset. The dedup window is
-  JetStream's ``duplicate_window`` (``dedup_window_s``; capped by ``max_age``).
-- Every gateway follows every stream from where it stood at start-up with one
-  ephemeral ordered push consumer per stream (``_Tail``): that feeds
-  ``on_commit``. There is no JetStream consumer per agent or conversation;
-  durable consumers' cursors live in the key-value bucket ``tidings_cursors``.
-- Ephemeral topics are core NATS subjects ``tidings.eph.<topic>``.
-- Presence: each gateway writes its connections behind into the key-value
-  bucket ``tidings_presence`` (in memory, replicated, entries expire after
-  ``presence_lease_s`` unless renewed; ``tidings.leases``). A process that
-  answers ``presence_view()`` follows that bucket's stream with a ``_Tail``.
-"""
+"""The NATS engine (the layout is drawn in ``tidings.engine.nats``)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import logging
-import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg as NatsMsg
-from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import Error as JsError
-from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from tidings.engine.base import CommitCallback, CursorState, Engine, EphemeralCallback, PublishResult
-from tidings.engine.embedded import from_record, to_record_payload
-from tidings.errors import RetryLater, StorageError
+from tidings.engine.embedded import to_record_payload
+from tidings.engine.nats.calls import (
+    API,
+    NO_MESSAGE_FOUND,
+    REQUEST_TIMEOUT_S,
+    STREAM_NAME_IN_USE,
+    Stale,
+    Unplaced,
+    kv_key,
+    log_error,
+    retry,
+)
+from tidings.engine.nats.subjects import decode, msg_id_of, stream_of, subject_of, topic_of
+from tidings.engine.nats.tail import Tail
+from tidings.errors import StorageError
 from tidings.leases import LeaseBoard, LeaseWriter
-from tidings.log.types import RetentionPolicy, StoredRecord
+from tidings.log.types import RetentionPolicy
 from tidings.presence import PresenceView
 from tidings.protocol.frames import Msg
 from tidings.protocol.topics import DURABLE_NAMESPACES, matches, shard_of
@@ -75,41 +50,6 @@ PRESENCE_PREFIX = f"$KV.{PRESENCE_BUCKET}."
 #: lease writes in flight at once
 LEASE_WRITES = 256
 EPHEMERAL_PREFIX = "tidings.eph."
-API = "$JS.API"
-#: How long a publish or read keeps retrying through a leader election before ``RetryLater``.
-RETRY_FOR_S = 10.0
-REQUEST_TIMEOUT_S = 2.0
-HEARTBEAT_S = 1.0
-NO_MESSAGE_FOUND = 10037  # JetStream: "no message found"
-STREAM_NAME_IN_USE = 10058  # JetStream: "stream name already in use with a different configuration"
-T = TypeVar("T")
-
-
-def subject_of(topic: str, shards: int) -> str:
-    """The JetStream subject of a durable topic (or, with ``shards=0``, of an ephemeral one)."""
-    tokens = topic.replace(".", "%").replace("/", ".")
-    if shards == 0:
-        return EPHEMERAL_PREFIX + tokens
-    return f"tidings.{shard_of(topic, shards)}.{tokens}"
-
-
-def topic_of(subject: str) -> str:
-    """The topic of a subject made by ``subject_of``."""
-    tokens = subject.split(".", 2)[2]
-    return tokens.replace(".", "/").replace("%", ".")
-
-
-def stream_of(namespace: str, shard: int) -> str:
-    return f"TIDINGS_{namespace}_{shard}"
-
-
-def msg_id_of(topic: str, msg_id: str) -> str:
-    return hashlib.blake2b(f"{topic}\x00{msg_id}".encode(), digest_size=16).hexdigest()
-
-
-def _decode(subject: str, seq: int, data: bytes) -> Msg:
-    topic = topic_of(subject)
-    return from_record(StoredRecord(seq, topic, "", 0, data))
 
 
 class NatsEngine(Engine):
@@ -146,7 +86,7 @@ class NatsEngine(Engine):
         self._name = name
         self._nc: Client | None = None
         self._kv: KeyValue | None = None
-        self._tails: list[_Tail] = []
+        self._tails: list[Tail] = []
         self._commit_callbacks: list[tuple[CommitCallback, Callable[[str], bool] | None]] = []
         self._ephemeral_callbacks: list[EphemeralCallback] = []
         #: per topic, the highest offset this engine has announced (reads must reach it)
@@ -160,7 +100,7 @@ class NatsEngine(Engine):
         self.gateway_id = uuid.uuid4().hex[:12]
         self._leases = LeaseBoard(self.gateway_id, presence_lease_s)
         self._lease_writer: LeaseWriter | None = None
-        self._lease_tail: _Tail | None = None
+        self._lease_tail: Tail | None = None
         self._lease_lock = asyncio.Lock()
         self._leases_read = asyncio.Event()  # set once the bucket's content at the first read is in
         self._leases_target = 0
@@ -184,7 +124,7 @@ class NatsEngine(Engine):
             self._nc = await nats.connect(
                 self.urls,
                 name=self._name,
-                error_cb=_log_error,
+                error_cb=log_error,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,
                 connect_timeout=REQUEST_TIMEOUT_S,
@@ -196,9 +136,9 @@ class NatsEngine(Engine):
         for ns in sorted(DURABLE_NAMESPACES):
             for shard in range(self.shards):
                 last = await self._ensure_stream(ns, shard)
-                self._tails.append(_Tail(self, stream_of(ns, shard), last, self._announce))
+                self._tails.append(Tail(self, stream_of(ns, shard), last, self._announce))
         js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
-        self._kv = await _retry(
+        self._kv = await retry(
             f"create bucket {CURSOR_BUCKET}",
             lambda: js.create_key_value(bucket=CURSOR_BUCKET, history=1, replicas=self.replicas),
             for_s=60.0,
@@ -244,7 +184,7 @@ class NatsEngine(Engine):
             return info
 
         # A cluster that is still electing its meta leader answers "no responders" or not at all.
-        return await _retry(f"create stream {name}", ensure, for_s=60.0)
+        return await retry(f"create stream {name}", ensure, for_s=60.0)
 
     async def stop(self) -> None:
         if self._lease_writer is not None:
@@ -276,7 +216,7 @@ class NatsEngine(Engine):
             description = str(error.get("description"))
             if "no suitable peers" in description:
                 # A node is down or rejoining: an R3 stream cannot be placed yet (transient).
-                raise _Unplaced(f"JetStream refused {call}: {description}")
+                raise Unplaced(f"JetStream refused {call}: {description}")
             raise StorageError(f"JetStream refused {call}: {description}")
         return body
 
@@ -290,7 +230,7 @@ class NatsEngine(Engine):
         subject = subject_of(msg.topic, self.shards)
         # A publish that timed out may have been stored: sending it again with the same
         # Nats-Msg-Id is safe (its ack then says duplicate, with the original offset).
-        answer = await _retry(
+        answer = await retry(
             f"publish to {msg.topic}",
             lambda: self.nc.request(subject, payload, timeout=REQUEST_TIMEOUT_S, headers=headers),
         )
@@ -311,7 +251,7 @@ class NatsEngine(Engine):
                 log.warning("ephemeral message to %s lost: %r", subject, exc)
 
     async def _on_ephemeral(self, raw: NatsMsg) -> None:
-        msg = _decode(raw.subject, 0, raw.data)
+        msg = decode(raw.subject, 0, raw.data)
         msg = msgspec.structs.replace(msg, offset=None)
         for callback in self._ephemeral_callbacks:
             callback(msg)
@@ -330,7 +270,7 @@ class NatsEngine(Engine):
         for callback, interested in self._commit_callbacks:
             if interested is None or interested(topic):
                 if msg is None:
-                    msg = _decode(subject, seq, data)
+                    msg = decode(subject, seq, data)
                 callback(msg)
 
     # -- reading ------------------------------------------------------------
@@ -347,10 +287,10 @@ class NatsEngine(Engine):
             msgs = await self._read_batch(topic, after, limit)
             last = msgs[-1].offset if msgs else after
             if len(msgs) < limit and last is not None and last < want:
-                raise _Stale(f"read {topic} through {last}, announced {want}")
+                raise Stale(f"read {topic} through {last}, announced {want}")
             return msgs
 
-        return await _retry(f"read {topic}", read)
+        return await retry(f"read {topic}", read)
 
     async def _read_batch(self, topic: str, after: int, limit: int) -> list[Msg]:
         subject = subject_of(topic, self.shards)
@@ -370,7 +310,7 @@ class NatsEngine(Engine):
                         return out
                     raise StorageError(f"reading {topic}: status {status} {raw.headers}")
                 assert raw.headers is not None
-                out.append(_decode(subject, int(raw.headers["Nats-Sequence"]), raw.data))
+                out.append(decode(subject, int(raw.headers["Nats-Sequence"]), raw.data))
         finally:
             await sub.unsubscribe()
 
@@ -382,7 +322,7 @@ class NatsEngine(Engine):
         removal would make ``trimmed_through`` miss it and hide the gap.
         """
         stream, payload = self._stream(topic), json.dumps(request).encode()
-        answer = await _retry(
+        answer = await retry(
             f"look up {topic}",
             lambda: self._api(f"STREAM.MSG.GET.{stream}", payload, allow=(NO_MESSAGE_FOUND,)),
         )
@@ -420,7 +360,7 @@ class NatsEngine(Engine):
 
     async def _stream_state(self, stream: str, subjects_filter: str, offset: int = 0) -> dict[str, Any]:
         request = json.dumps({"subjects_filter": subjects_filter, "offset": offset}).encode()
-        info = await _retry(f"stream info {stream}", lambda: self._api(f"STREAM.INFO.{stream}", request))
+        info = await retry(f"stream info {stream}", lambda: self._api(f"STREAM.INFO.{stream}", request))
         state: dict[str, Any] = info["state"]
         state["_total"] = info.get("total", 0)
         return state
@@ -507,13 +447,13 @@ class NatsEngine(Engine):
 
     async def _follow_leases(self) -> None:
         call = f"STREAM.INFO.{PRESENCE_STREAM}"
-        info = await _retry(f"stream info {PRESENCE_STREAM}", lambda: self._api(call))
+        info = await retry(f"stream info {PRESENCE_STREAM}", lambda: self._api(call))
         target = int(info["state"]["last_seq"])
         self._leases_read = asyncio.Event()
         if target == 0:
             self._leases_read.set()
         self._leases_target = target
-        tail = _Tail(self, PRESENCE_STREAM, 0, self._on_lease)
+        tail = Tail(self, PRESENCE_STREAM, 0, self._on_lease)
         await tail.start()
         self._lease_tail = tail
         # The last lease may expire before it is read: then stop waiting after a while.
@@ -535,11 +475,11 @@ class NatsEngine(Engine):
 
         async def load() -> bytes | None:
             try:
-                return (await kv.get(_kv_key(key))).value
+                return (await kv.get(kv_key(key))).value
             except NotFoundError:  # a key-value "not found" is a JetStream API error
                 return None
 
-        value = await _retry("load a cursor", load)
+        value = await retry("load a cursor", load)
         return None if value is None else msgspec.json.decode(value, type=CursorState)
 
     async def save_cursors(self, states: dict[str, CursorState]) -> None:
@@ -547,174 +487,6 @@ class NatsEngine(Engine):
         assert kv is not None, "start() first"
 
         async def save(key: str, state: CursorState) -> None:
-            await _retry("save a cursor", lambda: kv.put(_kv_key(key), msgspec.json.encode(state)))
+            await retry("save a cursor", lambda: kv.put(kv_key(key), msgspec.json.encode(state)))
 
         await asyncio.gather(*(save(k, s) for k, s in states.items()))
-
-
-def _kv_key(key: str) -> str:
-    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=") or "_"
-
-
-async def _log_error(exc: Exception) -> None:
-    log.warning("nats: %r", exc)
-
-
-async def _retry(what: str, call: Callable[[], Awaitable[T]], for_s: float = RETRY_FOR_S) -> T:
-    """Await ``call()`` until it stops raising a transient NATS error, for at most ``for_s``.
-
-    Timeouts, "no responders" and JetStream's 503 are what a leader election
-    looks like from a client (FIELD-NOTES: up to ~5 s), and "no suitable peers for
-    placement" what a node still rejoining looks like; then ``RetryLater``. Anything else NATS
-    raises is a ``StorageError``. (nats-py's JetStream publish, which the cursor bucket's ``put``
-    uses, turns "no responders" into ``NoStreamResponseError``.)
-    """
-    deadline = time.monotonic() + for_s
-    delay = 0.05
-    while True:
-        try:
-            return await call()
-        except (
-            NatsTimeout,
-            NoRespondersError,
-            NoStreamResponseError,
-            ServiceUnavailableError,
-            TimeoutError,
-            _Stale,
-            _Unplaced,
-        ) as exc:
-            if time.monotonic() + delay > deadline:
-                raise RetryLater(f"{what}: NATS did not answer for {for_s} s ({exc!r})", 1000) from None
-        except (NatsError, JsError) as exc:
-            raise StorageError(f"{what}: {exc!r}") from None
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
-
-
-class _Unplaced(Exception):
-    """JetStream cannot place a stream's replicas yet: a node is offline or rejoining."""
-
-
-class _Stale(Exception):
-    """A replica answered with less than this engine has already announced."""
-
-
-#: ``deliver(message, stream sequence, ns since the epoch when the stream stored it)``
-Deliver = Callable[[NatsMsg, int, int], None]
-
-
-class _Tail:
-    """Follows one stream in sequence order from where it stood, and delivers each message.
-
-    An ephemeral, in-memory, R1 push consumer with flow control and heartbeats.
-    When heartbeats stop (its node died) or a consumer sequence is skipped, it
-    is replaced by a new one starting after the last sequence announced, so
-    every message is announced exactly once and in order.
-    """
-
-    def __init__(self, engine: NatsEngine, stream: str, last: int, deliver: Deliver) -> None:
-        self.engine = engine
-        self.stream = stream
-        self.deliver = deliver
-        self.last = last
-        self._cseq = 0
-        self._seen = time.monotonic()
-        self._sub: NatsSubscription | None = None
-        self._consumer = ""
-        self._watch: asyncio.Task[None] | None = None
-        self._resetting = False
-        self._generation = 0
-        self._resets: set[asyncio.Future[None]] = set()
-
-    async def start(self) -> None:
-        await self._create()
-        self._watch = asyncio.create_task(self._watchdog(), name=f"tidings-tail-{self.stream}")
-
-    async def stop(self) -> None:
-        for task in [self._watch, *self._resets]:
-            if task is None:
-                continue
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._sub is not None:
-            with contextlib.suppress(NatsError):
-                await self._sub.unsubscribe()
-
-    async def _create(self) -> None:
-        nc = self.engine.nc
-        if self._sub is not None:
-            with contextlib.suppress(NatsError):
-                await self._sub.unsubscribe()
-        inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(inbox, cb=self._on_msg)
-        self._cseq = 0
-        self._generation += 1
-        self._consumer = f"tail-{uuid.uuid4().hex[:16]}"
-        config = {
-            "name": self._consumer,
-            "deliver_subject": inbox,
-            "deliver_policy": "by_start_sequence",
-            "opt_start_seq": self.last + 1,
-            "ack_policy": "none",
-            "max_deliver": 1,
-            "flow_control": True,
-            "idle_heartbeat": int(HEARTBEAT_S * 1e9),
-            "mem_storage": True,
-            "num_replicas": 1,
-            "inactive_threshold": int(5 * HEARTBEAT_S * 1e9),
-        }
-        request = json.dumps({"stream_name": self.stream, "config": config}).encode()
-        call = f"CONSUMER.CREATE.{self.stream}.{self._consumer}"
-        await _retry(f"follow {self.stream}", lambda: self.engine._api(call, request), for_s=60.0)
-        self._seen = time.monotonic()
-
-    async def _on_msg(self, raw: NatsMsg) -> None:
-        self._seen = time.monotonic()
-        headers = raw.headers or {}
-        if headers.get("Status") == "100":  # heartbeat or flow control
-            if raw.reply:
-                await self.engine.nc.publish(raw.reply)
-            last_consumer = headers.get("Nats-Last-Consumer")
-            if last_consumer is not None and int(last_consumer) != self._cseq and not self._resetting:
-                self._reset_soon("heartbeat shows a missed message")
-            return
-        if not raw.reply.startswith("$JS.ACK.") or self._resetting:
-            return
-        tokens = raw.reply.split(".")
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
-        sseq, cseq, stored_ns = int(tokens[-4]), int(tokens[-3]), int(tokens[-2])
-        if tokens[3] != self._consumer:
-            return  # a late message of a replaced consumer
-        if cseq != self._cseq + 1:
-            self._reset_soon(f"consumer sequence {cseq} after {self._cseq}")
-            return
-        self._cseq = cseq
-        if sseq <= self.last:
-            return
-        self.last = sseq
-        self.deliver(raw, sseq, stored_ns)
-
-    def _reset_soon(self, why: str) -> None:
-        """Replace the consumer, from a task of its own: the message callback's task
-        is cancelled when its subscription is replaced."""
-        if not self._resetting:
-            self._resetting = True
-            self._resets.add(task := asyncio.ensure_future(self._reset(why)))
-            task.add_done_callback(self._resets.discard)
-
-    async def _reset(self, why: str) -> None:
-        self._resetting = True
-        log.info("following %s again after %s: %s", self.stream, self.last, why)
-        try:
-            await self._create()
-        except (RetryLater, StorageError) as exc:
-            log.warning("following %s: %s; will try again", self.stream, exc)
-        finally:
-            self._resetting = False
-
-    async def _watchdog(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            if time.monotonic() - self._seen > 3 * HEARTBEAT_S and not self._resetting:
-                await self._reset("no heartbeat")
