@@ -109,6 +109,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: engine "nats": seconds a gateway's presence entries live in the shared bucket
     #: unless renewed (every third of it); a dead gateway's agents go offline after it
     presence_lease: float = 15.0
+    #: engine "nats": seconds a gateway may go unheard (it beats every 0.5 s) before the
+    #: others take over the durable consumers it owns (docs/scaling.md, "Shared consumers")
+    peer_timeout: float = 3.0
     #: the control plane's HTTP port (0: any free port); ``tidings serve`` starts it.
     #: Unset: 7701, or any free port when ``port`` is 0 (so test servers never collide)
     control_port: int | None = None
@@ -140,7 +143,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for name in ("port", "control_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} {getattr(self, name)} is out of range")
-        for name in ("hello_timeout", "drain_timeout", "write_timeout", "presence_timeout", "presence_lease"):
+        for name in (
+            "hello_timeout",
+            "drain_timeout",
+            "write_timeout",
+            "presence_timeout",
+            "presence_lease",
+            "peer_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.engine not in ("embedded", "nats"):

@@ -18,12 +18,27 @@ from tests.conftest import UNIT
 from tests.gateway.test_durable import collect, publish
 from tests.gateway.wsclient import Raw, authed
 from tidings.config import NamespacePolicy, default_namespaces
+from tidings.gateway import Gateway
 
 
 async def consume(url: str, token: str, pattern: str, name: str = "worker", **opts: Any) -> Raw:
     raw = await authed(url, token)
     await raw.send({"op": "sub", "topic": pattern, "consumer": name, "rid": 1, **opts})
     await raw.expect("subbed", timeout=10)
+    return raw
+
+
+async def two_gateways_with_max_deliver(deployment: Deployment, n: int) -> list[Gateway]:
+    namespaces = default_namespaces()
+    namespaces["conv"] = NamespacePolicy(max_deliver=n)
+    return await deployment.start(2, namespaces=namespaces)
+
+
+async def dead_letters(url: str, token: str, group: str) -> Raw:
+    """A live subscriber of the group's dead letters."""
+    raw = await authed(url, token)
+    await raw.send({"op": "sub", "topic": f"dlq/conv/{group}/>", "rid": 1})
+    await raw.expect("subbed")
     return raw
 
 
@@ -167,13 +182,9 @@ async def test_unacked_are_redelivered_after_ack_wait_and_nacked_after_delay(
 async def test_max_deliver_dead_letters_with_the_reason(
     deployment: Deployment, token: str, group: str
 ) -> None:
-    namespaces = default_namespaces()
-    namespaces["conv"] = NamespacePolicy(max_deliver=2)
-    a, b = await deployment.start(2, namespaces=namespaces)
+    a, b = await two_gateways_with_max_deliver(deployment, 2)
     await publish(await authed(a.url, token), f"conv/{group}/chat", 1, headers={"traceparent": "00-x"})
-    dlq = await authed(a.url, token)
-    await dlq.send({"op": "sub", "topic": f"dlq/conv/{group}/>", "rid": 1})
-    await dlq.expect("subbed")
+    dlq = await dead_letters(a.url, token, group)
     c = await consume(b.url, token, f"conv/{group}/>")
     for attempt in (1, 2):
         (m,) = await collect(c, 1)
@@ -215,20 +226,46 @@ async def test_cursor_resumes_on_another_gateway_and_after_restart(
 async def test_work_queue_splits_and_max_inflight_pauses(
     deployment: Deployment, token: str, group: str
 ) -> None:
-    """Members of one consumer on one gateway share its messages (docs/scaling.md: per gateway)."""
-    (gw,) = await deployment.start()
-    x = await consume(gw.url, token, f"conv/{group}/>", max_inflight=2)
-    y = await consume(gw.url, token, f"conv/{group}/>", max_inflight=2)
-    await publish(await authed(gw.url, token), f"conv/{group}/chat", 6)
+    """Members of one consumer share its messages, on one gateway or on two."""
+    a, b = await deployment.start(2)
+    x = await consume(a.url, token, f"conv/{group}/>", max_inflight=2)
+    y = await consume(b.url, token, f"conv/{group}/>", max_inflight=2)
+    await publish(await authed(a.url, token), f"conv/{group}/chat", 6)
     got_x, got_y = await collect(x, 2), await collect(y, 2)
     for raw in (x, y):
         with pytest.raises(TimeoutError):
             await raw.expect("msg", timeout=0.3)
     bodies = {m["body"] for m in got_x + got_y}
     assert bodies == {0, 1, 2, 3}, "each message to one member, two in flight each"
-    await ack(x, got_x[0])
-    (more,) = await collect(x, 1)
+    await ack(y, got_y[0])
+    (more,) = await collect(y, 1)
     assert more["body"] not in bodies
+    await ack(x, got_x[0])
+    (last,) = await collect(x, 1)
+    assert {more["body"], last["body"]} == {4, 5}
+
+
+async def test_max_deliver_counts_attempts_across_members_and_gateways(
+    deployment: Deployment, token: str, group: str
+) -> None:
+    a, b = await two_gateways_with_max_deliver(deployment, 3)
+    await publish(await authed(a.url, token), f"conv/{group}/chat", 1)
+    dlq = await dead_letters(a.url, token, group)
+    c = await consume(a.url, token, f"conv/{group}/>")
+    (m,) = await collect(c, 1)
+    await c.send({"op": "nack", "sid": m["sid"], "topic": m["topic"], "offset": m["offset"]})
+    (m,) = await collect(c, 1)
+    assert m["attempt"] == 2
+    await asyncio.sleep(0.5 * UNIT)  # cursors (with attempts) are saved every 0.2 s
+    await c.close()  # the second attempt is never acked
+    c = await consume(b.url, token, f"conv/{group}/>")
+    (m,) = await collect(c, 1)
+    assert m["attempt"] == 3, "the member on the other gateway goes on counting"
+    await c.send({"op": "nack", "sid": m["sid"], "topic": m["topic"], "offset": m["offset"]})
+    letter = await dlq.expect("msg", timeout=10)
+    assert letter["headers"]["tidings-dlq-reason"] == "nacked 3 times (max_deliver)"
+    with pytest.raises(TimeoutError):
+        await c.expect("msg", timeout=0.4)
 
 
 async def test_retention_is_reported_as_a_gap(deployment: Deployment, token: str, group: str) -> None:

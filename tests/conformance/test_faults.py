@@ -1,6 +1,7 @@
 """Scale-out under failure: SDK agents spread over two gateways on a 3-node cluster;
 one NATS node and one gateway are SIGKILLed mid-run. Every acknowledged message is
-delivered to every durable consumer in per-topic order, and stored once."""
+delivered to every durable consumer in per-topic order, and stored once; a work
+queue with a member on each gateway splits the messages and loses none."""
 
 from __future__ import annotations
 
@@ -61,6 +62,17 @@ async def test_kill_a_node_and_a_gateway_mid_run(cluster: NatsCluster, tmp_path:
             await agent.open()
             agents.append(agent)
 
+        shared: list[dict[str, list[tuple[int, str]]]] = [collections.defaultdict(list) for _ in range(2)]
+        for w in range(2):  # one consumer, a member starting on each gateway
+            agent = tidings.connect(spread(w), token, name=f"worker-{w}", backoff=backoff)
+
+            @agent.on("conv/fault/>", consumer="work")
+            async def work(msg: tidings.Message, w: int = w) -> None:
+                shared[w][msg.topic].append((msg.offset or 0, msg.id))
+
+            await agent.open()
+            agents.append(agent)
+
         async def publisher(p: int) -> None:
             agent = tidings.connect(spread(p + 1), token, name=f"publisher-{p}", backoff=backoff)
             await agent.open()
@@ -81,8 +93,12 @@ async def test_kill_a_node_and_a_gateway_mid_run(cluster: NatsCluster, tmp_path:
 
         total = PUBLISHERS * PER_PUBLISHER
         t_published = time.monotonic()
+
+        def work_done() -> int:
+            return len({m for member in shared for got in member.values() for m in got})
+
         for _ in range(int(600 * UNIT)):  # until every consumer has everything (at most 60 s)
-            if all(sum(len(set(v)) for v in s.values()) >= total for s in seen):
+            if all(sum(len(set(v)) for v in s.values()) >= total for s in seen) and work_done() >= total:
                 break
             await asyncio.sleep(0.1)
         took = time.monotonic() - t_published
@@ -97,6 +113,9 @@ async def test_kill_a_node_and_a_gateway_mid_run(cluster: NatsCluster, tmp_path:
                 assert set(got) == set(sent), f"consumer {c} missed {len(set(sent) - set(got))} of {topic}"
                 firsts = [o for o, _ in dict.fromkeys(got)]
                 assert firsts == sorted(firsts), "first deliveries in offset order"
+            worked = set(shared[0][topic]) | set(shared[1][topic])
+            assert worked == set(sent), f"the work queue missed {len(set(sent) - worked)} of {topic}"
+        assert all(sum(map(len, member.values())) for member in shared), "both members had work"
         # Stored once: a replay of every topic holds each id exactly once.
         reader = tidings.connect(urls[1], token, name="auditor")
         await reader.open()

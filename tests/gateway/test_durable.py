@@ -263,7 +263,9 @@ async def test_cursor_survives_restart(authority: Authority, token: str) -> None
     gw = await start_gateway(authority)
     try:
         c = await consume(gw.url, token, "conv/c5/>")
-        assert sorted(m["body"] for m in await collect(c, 3)) == [2, 4, 5]
+        again = await collect(c, 3)
+        assert sorted(m["body"] for m in again) == [2, 4, 5]
+        assert {m["attempt"] for m in again} == {2}, "attempts are saved with the cursor"
         with pytest.raises(TimeoutError):
             await c.expect("msg", timeout=0.3)
     finally:

@@ -19,7 +19,7 @@ from tidings.metrics import StorageFigures
 from tidings.presence import PresenceTable, PresenceView
 from tidings.protocol.frames import Msg
 
-__all__ = ["CursorState", "Engine", "PublishResult", "TopicCursor", "consumer_key"]
+__all__ = ["CursorState", "Engine", "Peers", "PublishResult", "TopicCursor", "consumer_key"]
 
 
 def consumer_key(agent: str, name: str, pattern: str) -> str:
@@ -36,10 +36,54 @@ class TopicCursor(msgspec.Struct):
 
     floor: int = 0
     acked: list[int] = []
+    #: delivery attempts so far of offsets above the floor delivered but not acked,
+    #: so that ``max_deliver`` counts across gateways and restarts
+    attempts: dict[int, int] = {}
 
 
 class CursorState(msgspec.Struct):
     topics: dict[str, TopicCursor] = {}
+
+
+class Peers(ABC):
+    """The other gateways of a shared engine, and a way to talk to them.
+
+    Durable consumers are shared through it (``gateway/sharing.py``): one gateway
+    owns each consumer (its cursor, what is in flight, attempts) and the others
+    pass their members' deliveries and acks to and from it. Messages are sent at
+    most once and in order per pair of gateways; a lost one is a delivery or ack
+    lost, which ``ack_wait`` repairs.
+    """
+
+    #: this gateway's name among its peers
+    gateway_id: str
+
+    @abstractmethod
+    def alive(self, gateway: str) -> bool:
+        """Whether ``gateway`` has been heard from lately (this gateway always is)."""
+
+    @abstractmethod
+    async def claim(self, name: str) -> str:
+        """Make this gateway the owner of ``name`` unless a live gateway owns it; return the owner.
+
+        Raises ``RetryLater`` or ``StorageError`` when the claim cannot be decided.
+        """
+
+    @abstractmethod
+    async def release(self, name: str) -> None:
+        """Give up owning ``name`` (nothing happens if another gateway took it meanwhile)."""
+
+    @abstractmethod
+    def send(self, gateway: str, data: bytes) -> None:
+        """Send ``data`` to ``gateway``'s message callback (at most once, in order)."""
+
+    @abstractmethod
+    def on_message(self, callback: Callable[[bytes], None]) -> None:
+        """Call ``callback`` with each message another gateway sent to this one."""
+
+    @abstractmethod
+    def on_gone(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback`` with each gateway that stopped, or stopped being heard from."""
 
 
 #: Called with each newly durable message, per topic in offset order.
@@ -59,6 +103,8 @@ class Engine(ABC):
     #: True when several gateways share this engine's topics and cursors (NATS):
     #: a gateway then keeps no consumer state once its last member has left.
     shared: bool = False
+    #: the other gateways of a shared engine (None: this gateway is alone)
+    peers: Peers | None = None
 
     _presence: PresenceTable | None = None
 

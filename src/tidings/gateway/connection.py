@@ -43,6 +43,7 @@ from tidings.tracing import TRACEPARENT
 if TYPE_CHECKING:
     from tidings.gateway.consumer import Consumer
     from tidings.gateway.server import Gateway
+    from tidings.gateway.sharing import Proxy
 
 log = logging.getLogger("tidings.gateway")
 
@@ -411,7 +412,7 @@ class Connection(WSListener):
             self.gateway.drop_subscription(subscription)
         self.session.send(f.Unsubbed(sid=unsub.sid, rid=unsub.rid))
 
-    def _member(self, sid: int) -> Consumer:
+    def _member(self, sid: int) -> Consumer | Proxy:
         sub = self.subs.get(sid)
         if sub is None or sub.consumer is None or not sub.consumer.acks:
             raise InvalidFrame(f"sid {sid} is not a durable subscription of this connection")

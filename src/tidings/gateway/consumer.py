@@ -32,7 +32,7 @@ import math
 import time
 from collections import deque
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tidings.config import NamespacePolicy
 from tidings.engine.base import CursorState, TopicCursor
@@ -43,7 +43,6 @@ from tidings.tracing import TRACEPARENT
 
 if TYPE_CHECKING:
     from tidings.gateway.consumers import Consumers
-    from tidings.gateway.subscription import Subscription
 
 READ_BATCH = 256
 HOLD_LIMIT = 4 * READ_BATCH  # commits held per topic while its read is in flight
@@ -65,34 +64,56 @@ def _live(timer: tuple[float, int, Pending]) -> bool:
     return p.due == timer[0] and (p.phase is Phase.INFLIGHT or p.phase is Phase.DELAYED)
 
 
+class Member(Protocol):
+    """What a consumer delivers to: a ``Subscription`` of a connection here, or a
+    ``RemoteMember`` standing for one on another gateway (``gateway/sharing.py``)."""
+
+    inflight: int
+    max_inflight: int
+
+    @property
+    def write_paused(self) -> bool: ...
+
+    @property
+    def pending_bytes(self) -> int: ...
+
+    def deliver(self, msg: f.Msg, attempt: int) -> None: ...
+
+    def deliver_gap(self, topic: str, first: int, last: int, reason: str) -> None: ...
+
+
 class Pending:
     __slots__ = ("attempt", "due", "member", "msg", "phase", "sent")
 
     def __init__(self, msg: f.Msg) -> None:
         self.msg = msg
         self.attempt = 0
-        self.member: Subscription | None = None
+        self.member: Member | None = None
         self.due = 0.0
         self.phase = Phase.READY
         self.sent = 0.0  # monotonic time of the latest delivery
 
 
 class TopicState:
-    __slots__ = ("acked", "caught_up", "held", "outstanding", "overflow", "read_through")
+    __slots__ = ("acked", "attempts", "caught_up", "held", "outstanding", "overflow", "read_through")
 
-    def __init__(self, read_through: int, acked: list[int] | None = None) -> None:
+    def __init__(self, read_through: int, saved: TopicCursor | None = None) -> None:
         self.read_through = read_through
         self.outstanding: set[int] = set()
-        self.acked: set[int] = set(acked or ())
+        self.acked: set[int] = set(saved.acked if saved else ())
+        #: attempts of messages delivered before the cursor was saved, taken when read again
+        self.attempts: dict[int, int] = dict(saved.attempts) if saved else {}
         self.caught_up = False
         #: commits that arrived while a read of this topic was in flight (None: no read)
         self.held: list[f.Msg] | None = None
         self.overflow = False
 
-    def cursor(self) -> TopicCursor:
+    def cursor(self, attempts: dict[int, int]) -> TopicCursor:
         floor = min(self.outstanding) - 1 if self.outstanding else self.read_through
         self.acked = {o for o in self.acked if o > floor}
-        return TopicCursor(floor=floor, acked=sorted(self.acked))
+        if self.attempts:  # not read again yet: still theirs
+            attempts = {o: n for o, n in self.attempts.items() if o > floor} | attempts
+        return TopicCursor(floor=floor, acked=sorted(self.acked), attempts=attempts)
 
 
 class Consumer:
@@ -119,7 +140,7 @@ class Consumer:
         #: the control lane: delivered ahead of data and even to a connection
         #: whose outgoing buffer is full of data (DESIGN "Guarantees" 6)
         self.priority = pattern.startswith("ctl/")
-        self.members: list[Subscription] = []
+        self.members: list[Member] = []
         self.topics: dict[str, TopicState] = {}
         self.pending: dict[tuple[str, int], Pending] = {}
         self.ready: deque[Pending] = deque()
@@ -136,7 +157,7 @@ class Consumer:
         self._born: set[str] | None = set()
         self.closed = False
         for topic, cur in (saved.topics if saved else {}).items():
-            self._track(topic, TopicState(cur.floor, cur.acked))
+            self._track(topic, TopicState(cur.floor, cur))
 
     async def open(self, start: f.Start | None) -> None:
         """Find the topics the pattern matches and where to start in each.
@@ -179,11 +200,11 @@ class Consumer:
 
     # -- members ------------------------------------------------------------
 
-    def attach(self, member: Subscription) -> None:
+    def attach(self, member: Member) -> None:
         self.members.append(member)
         self.schedule()
 
-    def detach(self, member: Subscription) -> None:
+    def detach(self, member: Member) -> None:
         """A member left: what it held unacked goes to the others (or waits for one)."""
         self.members.remove(member)
         for p in list(self.pending.values()):
@@ -198,14 +219,14 @@ class Consumer:
                     self.ready.appendleft(p)
         self.schedule()
 
-    def _has_room(self, m: Subscription) -> bool:
-        if m.conn.write_paused and not self.priority:
+    def _has_room(self, m: Member) -> bool:
+        if m.write_paused and not self.priority:
             return False
         if self.acks:
             return m.inflight < m.max_inflight
-        return m.conn.session.pending_bytes < READER_WINDOW
+        return m.pending_bytes < READER_WINDOW
 
-    def _next_member(self) -> Subscription | None:
+    def _next_member(self) -> Member | None:
         n = len(self.members)
         for i in range(n):
             m = self.members[(self._rr + i) % n]
@@ -243,6 +264,8 @@ class Consumer:
         if msg.offset in state.acked:
             return
         p = Pending(msg)
+        if state.attempts:
+            p.attempt = state.attempts.pop(msg.offset, 0)
         if self.acks:
             state.outstanding.add(msg.offset)
             self.pending[(msg.topic, msg.offset)] = p
@@ -315,11 +338,14 @@ class Consumer:
             p = self.ready.popleft()
             if p.phase is Phase.DONE:
                 continue
+            if self.acks and p.attempt >= self.policy.max_deliver:  # attempts from a saved cursor
+                self.registry.dead_letter(self, p, f"unacked after {p.attempt} attempts (max_deliver)")
+                continue
             self._deliver(p, member)
-            if not self.acks and member.conn.session.pending_bytes >= READER_WINDOW:
+            if not self.acks and member.pending_bytes >= READER_WINDOW:
                 self.schedule()  # after this turn's flush empties the buffer
 
-    def _deliver(self, p: Pending, member: Subscription) -> None:
+    def _deliver(self, p: Pending, member: Member) -> None:
         p.attempt += 1
         msg, stats = p.msg, self.registry.stats
         namespace = namespace_of(msg.topic)
@@ -352,6 +378,7 @@ class Consumer:
             return
         p.member, p.phase = member, Phase.INFLIGHT
         member.inflight += 1
+        self.cursor_dirty = True  # its attempt is part of the cursor
         self._arm(p, time.monotonic() + self.policy.ack_wait_ms / 1000)
 
     def _arm(self, p: Pending, due: float) -> None:
@@ -369,7 +396,7 @@ class Consumer:
 
     # -- acks -----------------------------------------------------------------
 
-    def _settle(self, member: Subscription, topic: str, offset: int) -> Pending | None:
+    def _settle(self, member: Member, topic: str, offset: int) -> Pending | None:
         p = self.pending.get((topic, offset))
         if p is None or p.phase is not Phase.INFLIGHT or p.member is not member:
             return None  # late, duplicate, or for another member: nothing to do
@@ -377,7 +404,7 @@ class Consumer:
         p.member = None
         return p
 
-    def ack(self, member: Subscription, ack: f.Ack) -> None:
+    def ack(self, member: Member, ack: f.Ack) -> None:
         p = self._settle(member, ack.topic, ack.offset)
         if p is not None:
             stats = self.registry.stats
@@ -391,16 +418,23 @@ class Consumer:
             self._done(ack.topic, ack.offset)
         self.schedule()
 
-    def progress(self, member: Subscription, topic: str, offset: int) -> None:
+    def progress(self, member: Member, topic: str, offset: int) -> None:
         """The member is still working on it: restart its ack_wait."""
         p = self.pending.get((topic, offset))
         if p is not None and p.phase is Phase.INFLIGHT and p.member is member:
             self._arm(p, time.monotonic() + self.policy.ack_wait_ms / 1000)
 
-    def nack(self, member: Subscription, topic: str, offset: int, delay_ms: int) -> None:
+    def nack(self, member: Member, topic: str, offset: int, delay_ms: int) -> None:
         p = self._settle(member, topic, offset)
         if p is not None:
             self._retry(p, "nacked", delay_ms * 2 ** (p.attempt - 1))
+        self.schedule()
+
+    def undeliverable(self, member: Member, topic: str, offset: int, reason: str) -> None:
+        """A member on another gateway could not carry the message (its codec): dead-letter it."""
+        p = self._settle(member, topic, offset)
+        if p is not None:
+            self.registry.dead_letter(self, p, f"cannot be encoded for the subscriber: {reason}")
         self.schedule()
 
     def _retry(self, p: Pending, why: str, delay_ms: float) -> None:
@@ -453,4 +487,10 @@ class Consumer:
 
     def cursor(self) -> CursorState:
         self.cursor_dirty = False
-        return CursorState(topics={t: s.cursor() for t, s in self.topics.items() if is_durable(t)})
+        attempts: dict[str, dict[int, int]] = {}
+        for (topic, offset), p in self.pending.items():
+            if p.attempt:
+                attempts.setdefault(topic, {})[offset] = p.attempt
+        return CursorState(
+            topics={t: s.cursor(attempts.get(t, {})) for t, s in self.topics.items() if is_durable(t)}
+        )

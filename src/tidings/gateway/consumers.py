@@ -19,12 +19,15 @@ from tidings.engine.base import Engine, consumer_key
 from tidings.errors import NotSupported
 from tidings.gateway.consumer import Consumer, Pending, Phase
 from tidings.gateway.router import Router
+from tidings.gateway.sharing import Proxy, Sharing
 from tidings.metrics import GatewayStats, namespace_of
 from tidings.protocol import frames as f
 from tidings.protocol.topics import DURABLE_NAMESPACES, validate_topic
 from tidings.tracing import Tracer
 
 if TYPE_CHECKING:
+    from tidings.gateway.consumer import Member
+    from tidings.gateway.sharing import RemoteMember
     from tidings.gateway.subscription import Subscription
 
 log = logging.getLogger("tidings.gateway")
@@ -60,8 +63,13 @@ class Consumers:
         self._tasks: list[asyncio.Task[None]] = []
         self._opening: dict[str, asyncio.Future[Consumer]] = {}
         self.dead_letters = 0
+        #: consumers shared with other gateways (a shared engine); None when alone
+        self.sharing: Sharing | None = None
 
     def start(self) -> None:
+        """Start the timers and the cursor saver (after the engine has started)."""
+        if self.engine.peers is not None:
+            self.sharing = Sharing(self, self.engine.peers)
         self._tasks = [
             asyncio.create_task(self._timers(), name="tidings-consumer-timers"),
             asyncio.create_task(self._saver(), name="tidings-cursor-saver"),
@@ -72,6 +80,8 @@ class Consumers:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.sharing is not None:
+            await self.sharing.stop()
         await self.save(everything=True)
 
     # -- membership ---------------------------------------------------------
@@ -83,16 +93,16 @@ class Consumers:
         if first not in DURABLE_NAMESPACES and first not in ("*", ">"):
             raise NotSupported(f"{pattern!r} is ephemeral: it has no history to replay or ack")
 
-    async def join(self, member: Subscription, sub: f.Sub, agent: str) -> Consumer:
+    async def join(self, member: Subscription, sub: f.Sub, agent: str) -> Consumer | Proxy:
         """Attach ``member`` to its durable consumer (created or resumed) or to a new reader.
 
-        Raises ``NotSupported`` (see ``check``) and, from the engine, ``StorageError``
-        or ``RetryLater``. The caller must ``leave`` if the member is gone by the time
-        this returns.
+        With other gateways (``sharing``), a durable consumer owned by another
+        gateway is joined through a ``Proxy``. Raises ``NotSupported`` (see
+        ``check``) and, from the engine, ``StorageError`` or ``RetryLater``. The
+        caller must ``leave`` if the member is gone by the time this returns.
         """
         self.check(member.pattern)
-        first = member.pattern.split("/", 1)[0]
-        policy = self.policy(member.pattern if first in DURABLE_NAMESPACES else "conv/_/_")
+        policy = self._policy_of(member.pattern)
         if sub.consumer is None:
             consumer = Consumer(self, f"reader\x00{id(member)}", member.pattern, policy, False)
             self.router.add(consumer)
@@ -103,13 +113,29 @@ class Consumers:
                 raise
         else:
             key = consumer_key(agent, sub.consumer, member.pattern)
+            if key not in self.by_key and self.sharing is not None:
+                proxy = await self.sharing.join(member, sub, key)
+                if proxy is not None:
+                    return proxy
             consumer = self.by_key.get(key) or await self._opened(key, member.pattern, policy, sub.start)
-            self._idle_since.pop(key, None)
+        self.admit(consumer, member, sub)
+        return consumer
+
+    def admit(self, consumer: Consumer, member: Member, sub: f.Sub) -> None:
+        """Attach ``member`` with the delivery options of its ``sub``."""
+        self._idle_since.pop(consumer.key, None)
         if sub.ack_wait_ms is not None:
             consumer.policy = msgspec.structs.replace(consumer.policy, ack_wait_ms=sub.ack_wait_ms)
         member.max_inflight = sub.max_inflight or consumer.policy.max_inflight
         consumer.attach(member)
-        return consumer
+
+    def _policy_of(self, pattern: str) -> NamespacePolicy:
+        first = pattern.split("/", 1)[0]
+        return self.policy(pattern if first in DURABLE_NAMESPACES else "conv/_/_")
+
+    async def open_shared(self, key: str, pattern: str, start: f.Start | None) -> Consumer:
+        """Durable consumer ``key``, opened here (this gateway owns it) for a member here or elsewhere."""
+        return self.by_key.get(key) or await self._opened(key, pattern, self._policy_of(pattern), start)
 
     async def _opened(
         self, key: str, pattern: str, policy: NamespacePolicy, start: f.Start | None
@@ -140,9 +166,12 @@ class Consumers:
             del self.by_key[consumer.key]
         self._idle_since.pop(consumer.key, None)
 
-    def leave(self, member: Subscription) -> None:
+    def leave(self, member: Subscription | RemoteMember) -> None:
         consumer = member.consumer
         if consumer is None:
+            return
+        if isinstance(consumer, Proxy):
+            consumer.detach()
             return
         consumer.detach(member)
         if not consumer.acks:
@@ -284,3 +313,5 @@ class Consumers:
                 and (self.engine.shared or not consumer.pending)
             ):
                 self._remove(consumer)
+                if self.sharing is not None:
+                    self.sharing.release(key)

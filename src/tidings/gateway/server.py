@@ -335,7 +335,7 @@ class Gateway:
         """
         targets: list[Subscription] = list(self.router.match(chunk.topic)) if len(self.router) else []
         for consumer in self.consumers.router.match(chunk.topic) if len(self.consumers.router) else ():
-            targets.extend(consumer.members)
+            targets.extend(m for m in consumer.members if isinstance(m, Subscription))
         for sub in targets:
             sub.conn.session.send(msgspec.structs.replace(chunk, sid=sub.sid))
             self.mark_dirty(sub.conn)
@@ -401,6 +401,7 @@ def engine_for(
             replicas,
             retention=settings.retention,
             presence_lease_s=settings.presence_lease,
+            peer_timeout_s=settings.peer_timeout,
         )
     return EmbeddedEngine(
         settings.data_path,

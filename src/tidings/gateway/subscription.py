@@ -11,6 +11,7 @@ from tidings.protocol import frames as f
 if TYPE_CHECKING:
     from tidings.gateway.connection import Connection
     from tidings.gateway.consumer import Consumer
+    from tidings.gateway.sharing import Proxy
 
 
 class Subscription:
@@ -24,9 +25,18 @@ class Subscription:
         self.pattern = pattern
         #: closes a shared delivery encoding with this subscription's sid
         self.suffix = conn.session.codec.sid_suffix(sid)
-        self.consumer: Consumer | None = None
+        #: the durable consumer or reader it is a member of: here, or owned by another gateway
+        self.consumer: Consumer | Proxy | None = None
         self.inflight = 0
         self.max_inflight = 0
+
+    @property
+    def write_paused(self) -> bool:
+        return self.conn.write_paused
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.conn.session.pending_bytes
 
     def deliver(self, msg: f.Msg, attempt: int) -> None:
         """Send one message of a replay or durable consumer on this subscription.

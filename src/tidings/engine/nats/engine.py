@@ -32,6 +32,7 @@ from tidings.engine.nats.calls import (
     log_error,
     retry,
 )
+from tidings.engine.nats.peers import GONE_S, NatsPeers
 from tidings.engine.nats.subjects import decode, msg_id_of, stream_of, subject_of, topic_of
 from tidings.engine.nats.tail import Tail
 from tidings.errors import StorageError
@@ -66,13 +67,15 @@ class NatsEngine(Engine):
         dedup_window_s: float = 3600.0,
         name: str = "tidings-gateway",
         presence_lease_s: float = 15.0,
+        peer_timeout_s: float = GONE_S,
     ) -> None:
         """``replicas`` None: 3 when the server is part of a cluster, 1 when it is alone.
 
         ``retention(topic)`` gives each namespace's policy (asked with ``<ns>/_/_``);
         JetStream cannot bound a subject's bytes, so ``max_bytes`` is refused.
         ``presence_lease_s``: how long this gateway's presence outlives it (renewed
-        every third of it); set the same on every gateway.
+        every third of it); set the same on every gateway. ``peer_timeout_s``: how
+        long a gateway may go unheard before its consumers are taken over.
         """
         if not urls:
             raise ValueError("the nats engine needs at least one server URL (--nats-url)")
@@ -93,6 +96,8 @@ class NatsEngine(Engine):
         self._announced: dict[str, int] = {}
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._peers: NatsPeers | None = None
+        self.peer_timeout_s = peer_timeout_s
         if presence_lease_s <= 0:
             raise ValueError("presence_lease_s must be positive")
         self.presence_lease_s = presence_lease_s
@@ -143,6 +148,9 @@ class NatsEngine(Engine):
             lambda: js.create_key_value(bucket=CURSOR_BUCKET, history=1, replicas=self.replicas),
             for_s=60.0,
         )
+        peers = NatsPeers(self.nc, self.gateway_id, self.replicas, gone_s=self.peer_timeout_s)
+        await peers.start()
+        self.peers = self._peers = peers
         for tail in self._tails:
             await tail.start()
         await self.nc.subscribe(EPHEMERAL_PREFIX + ">", cb=self._on_ephemeral)
@@ -187,6 +195,9 @@ class NatsEngine(Engine):
         return await retry(f"create stream {name}", ensure, for_s=60.0)
 
     async def stop(self) -> None:
+        if self._peers is not None:
+            await self._peers.stop()
+            self._peers = None
         if self._lease_writer is not None:
             writer, self._lease_writer = self._lease_writer, None
             with contextlib.suppress(TimeoutError):  # else the leases expire on their own

@@ -1,0 +1,399 @@
+"""Durable consumers shared by the gateways of a shared engine (NATS).
+
+A durable consumer (agent, name, pattern) has one owner among the gateways:
+the gateway that claimed it first (``Peers.claim``), or the one that took it
+over when its owner was gone. The owner runs the ``Consumer`` as if it were
+alone (cursor, what is in flight, attempts, ack_wait and nack timers,
+max_inflight, dead letters), so redelivery and ``max_deliver`` count across
+gateways and the messages are split between all members wherever they connect.
+
+A member connected to another gateway joins through a ``Proxy`` there: the
+proxy sends ``Join`` to the owner, which attaches a ``RemoteMember`` standing
+for it. Deliveries travel owner -> proxy as ``Deliver`` notes; acks, nacks and
+progress proxy -> owner as ``Settle`` notes. Notes go at most once (``Peers.send``):
+a lost delivery or ack is repaired by ack_wait, as a lost frame would be.
+
+When an owner is gone, each proxy of its consumers joins again: one gateway's
+claim wins and resumes from the saved cursor (what was in flight is delivered
+again, its attempts counted from the cursor). When a proxy's gateway is gone,
+the owner detaches the members it stood for, and their in-flight messages go
+to the other members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from tidings.engine.base import Peers
+from tidings.errors import RetryLater, StorageError, TidingsError
+from tidings.protocol import frames as f
+
+if TYPE_CHECKING:
+    from tidings.gateway.consumer import Consumer
+    from tidings.gateway.consumers import Consumers
+    from tidings.gateway.subscription import Subscription
+
+log = logging.getLogger("tidings.gateway")
+
+#: how long a Join waits for the owner's answer before the owner is asked again
+ANSWER_S = 2.0
+#: how long a member keeps trying to join before its ``sub`` is answered ``retry_later``
+JOIN_FOR_S = 10.0
+_NOTE = {"array_like": True}
+
+
+class Join(msgspec.Struct, tag="join", **_NOTE):
+    sender: str
+    key: str
+    member: str
+    pattern: str
+    max_inflight: int | None = None
+    ack_wait_ms: int | None = None
+    start: f.Start | None = None
+
+
+class Joined(msgspec.Struct, tag="joined", **_NOTE):
+    sender: str
+    key: str
+    member: str
+
+
+class Refused(msgspec.Struct, tag="refused", **_NOTE):
+    """The sender does not own the consumer (``owner``: who it thinks does) or could not open it."""
+
+    sender: str
+    key: str
+    member: str
+    owner: str
+    reason: str
+
+
+class Leave(msgspec.Struct, tag="leave", **_NOTE):
+    sender: str
+    key: str
+    member: str
+
+
+class Deliver(msgspec.Struct, tag="deliver", **_NOTE):
+    sender: str
+    key: str
+    member: str
+    msg: f.Msg
+    attempt: int
+
+
+class GapNote(msgspec.Struct, tag="gap", **_NOTE):
+    sender: str
+    key: str
+    member: str
+    topic: str
+    first: int
+    last: int
+    reason: str
+
+
+class Settle(msgspec.Struct, tag="settle", **_NOTE):
+    sender: str
+    key: str
+    member: str
+    kind: Literal["ack", "nack", "progress", "undeliverable"]
+    topic: str
+    offset: int
+    delay_ms: int = 0
+    queued_us: int | None = None
+    handled_us: int | None = None
+    reason: str = ""
+
+
+Note = Join | Joined | Refused | Leave | Deliver | GapNote | Settle
+
+
+class RemoteMember:
+    """On the owner: a member connected to another gateway (``Consumer`` delivers to it)."""
+
+    __slots__ = ("consumer", "gateway", "id", "inflight", "max_inflight", "sharing")
+
+    write_paused = False  # its gateway's connection is bounded by max_inflight instead
+    pending_bytes = 0
+
+    def __init__(self, sharing: Sharing, consumer: Consumer, gateway: str, member: str) -> None:
+        self.sharing = sharing
+        self.consumer = consumer
+        self.gateway = gateway
+        self.id = member
+        self.inflight = 0
+        self.max_inflight = 0
+
+    def deliver(self, msg: f.Msg, attempt: int) -> None:
+        self.sharing.send(self.gateway, Deliver(self.sharing.me, self.consumer.key, self.id, msg, attempt))
+
+    def deliver_gap(self, topic: str, first: int, last: int, reason: str) -> None:
+        note = GapNote(self.sharing.me, self.consumer.key, self.id, topic, first, last, reason)
+        self.sharing.send(self.gateway, note)
+
+
+class Proxy:
+    """On a member's gateway: the consumer it joined, owned by another gateway.
+
+    It stands where a ``Consumer`` would for one subscription (``sub.consumer``):
+    the connection's acks, nacks and progress go to the owner from here.
+    """
+
+    acks = True
+
+    def __init__(self, sharing: Sharing, member: Subscription, key: str, sub: f.Sub) -> None:
+        self.sharing = sharing
+        self.member = member
+        self.key = key
+        self.sub = sub
+        self.id = f"{sharing.me}.{next(sharing.ids)}"
+        self.priority = member.pattern.startswith("ctl/")
+        self.owner = ""
+        self.left = False
+        #: deliveries that arrived before ``subbed`` went out (None once it has)
+        self._early: list[Deliver | GapNote] | None = []
+
+    def schedule(self) -> None:
+        """Nothing to pump here: the owner delivers (within the member's max_inflight)."""
+
+    def opened(self) -> None:
+        early, self._early = self._early, None
+        for note in early or ():
+            self.received(note)
+
+    def received(self, note: Deliver | GapNote) -> None:
+        if self._early is not None:
+            self._early.append(note)
+        elif isinstance(note, GapNote):
+            self.member.deliver_gap(note.topic, note.first, note.last, note.reason)
+        else:
+            try:
+                self.member.deliver(note.msg, note.attempt)
+            except (TypeError, ValueError, OverflowError) as exc:
+                assert note.msg.offset is not None
+                self._settle("undeliverable", note.msg.topic, note.msg.offset, reason=str(exc))
+
+    def ack(self, member: Subscription, ack: f.Ack) -> None:
+        self._settle("ack", ack.topic, ack.offset, queued_us=ack.queued_us, handled_us=ack.handled_us)
+
+    def progress(self, member: Subscription, topic: str, offset: int) -> None:
+        self._settle("progress", topic, offset)
+
+    def nack(self, member: Subscription, topic: str, offset: int, delay_ms: int) -> None:
+        self._settle("nack", topic, offset, delay_ms=delay_ms)
+
+    def _settle(
+        self,
+        kind: Literal["ack", "nack", "progress", "undeliverable"],
+        topic: str,
+        offset: int,
+        **more: int | str | None,
+    ) -> None:
+        note = Settle(self.sharing.me, self.key, self.id, kind, topic, offset)
+        self.sharing.send(self.owner, msgspec.structs.replace(note, **more))
+
+    def detach(self) -> None:
+        self.left = True
+        self.sharing.proxies.pop(self.id, None)
+        if self.owner:
+            self.sharing.send(self.owner, Leave(self.sharing.me, self.key, self.id))
+
+
+class Sharing:
+    """This gateway's side of every shared consumer: proxies of members here, remote members there."""
+
+    def __init__(self, consumers: Consumers, peers: Peers) -> None:
+        self.consumers = consumers
+        self.peers = peers
+        self.me = peers.gateway_id
+        self.ids = itertools.count(1)
+        #: members here of consumers owned elsewhere, by member id
+        self.proxies: dict[str, Proxy] = {}
+        #: members elsewhere of consumers owned here, by member id
+        self.remote: dict[str, RemoteMember] = {}
+        self._answers: dict[str, asyncio.Future[Joined | Refused]] = {}
+        self._releasing: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(Note).decode
+        peers.on_message(self._on_note)
+        peers.on_gone(self._on_gone)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def send(self, gateway: str, note: Note) -> None:
+        self.peers.send(gateway, self._encode(note))
+
+    def _spawn(self, work: asyncio.Future[None]) -> None:
+        self._tasks.add(work)
+        work.add_done_callback(self._tasks.discard)
+
+    # -- ownership ----------------------------------------------------------
+
+    async def claim(self, key: str) -> str:
+        """The owner of consumer ``key``: this gateway if no live gateway owns it."""
+        releasing = self._releasing.get(key)
+        if releasing is not None:  # its release must not land after this claim
+            await asyncio.shield(releasing)
+        return await self.peers.claim(key)
+
+    def release(self, key: str) -> None:
+        """This gateway let consumer ``key`` go (its cursor is saved): another may own it."""
+        done = asyncio.ensure_future(self.peers.release(key))
+        self._releasing[key] = done
+
+        def forget(_: object) -> None:
+            if self._releasing.get(key) is done:
+                del self._releasing[key]
+
+        done.add_done_callback(forget)
+
+    # -- a member here joins --------------------------------------------------
+
+    async def join(self, member: Subscription, sub: f.Sub, key: str) -> Proxy | None:
+        """Join ``member`` to consumer ``key`` through its owner; None when this gateway owns it.
+
+        Raises ``RetryLater`` when no owner answered for ``JOIN_FOR_S``.
+        """
+        proxy = Proxy(self, member, key, sub)
+        if await self._join(proxy):
+            return None
+        asyncio.get_running_loop().call_soon(proxy.opened)  # after the connection sends subbed
+        return proxy
+
+    async def _join(self, proxy: Proxy) -> bool:
+        """Find the owner and join it; True when this gateway is (now) the owner."""
+        deadline = time.monotonic() + JOIN_FOR_S
+        while True:
+            if proxy.key in self.consumers.by_key:
+                return True
+            owner = await self.claim(proxy.key)
+            if owner == self.me:
+                return True
+            proxy.owner = owner
+            self.proxies[proxy.id] = proxy  # deliveries may follow the answer at once
+            answer: Joined | Refused | None = None
+            self._answers[proxy.id] = waiting = asyncio.get_running_loop().create_future()
+            sub = proxy.sub
+            self.send(
+                owner,
+                Join(
+                    self.me,
+                    proxy.key,
+                    proxy.id,
+                    proxy.member.pattern,
+                    sub.max_inflight,
+                    sub.ack_wait_ms,
+                    sub.start,
+                ),
+            )
+            with contextlib.suppress(TimeoutError):
+                answer = await asyncio.wait_for(waiting, ANSWER_S)
+            self._answers.pop(proxy.id, None)
+            if isinstance(answer, Joined):
+                return False
+            self.proxies.pop(proxy.id, None)
+            why = answer.reason if answer is not None else f"gateway {owner} did not answer"
+            if time.monotonic() >= deadline:
+                raise RetryLater(f"joining consumer {proxy.sub.consumer!r}: {why}", 1000)
+            log.info("joining consumer %r again: %s", proxy.sub.consumer, why)
+            await asyncio.sleep(0.2)
+
+    async def _rejoin(self, proxy: Proxy) -> None:
+        """The owner of ``proxy``'s consumer is gone: join whoever owns it now (maybe this gateway)."""
+        while not proxy.left:
+            try:
+                if not await self._join(proxy):
+                    return
+                if proxy.left:
+                    return
+                self.proxies.pop(proxy.id, None)
+                consumer = await self.consumers.open_shared(proxy.key, proxy.member.pattern, proxy.sub.start)
+                if proxy.left:
+                    return
+                proxy.member.consumer = consumer
+                self.consumers.admit(consumer, proxy.member, proxy.sub)
+                return
+            except (RetryLater, StorageError) as exc:
+                log.warning("consumer %r lost its owner and could not be joined again: %s", proxy.key, exc)
+                await asyncio.sleep(1.0)
+
+    # -- notes from other gateways ----------------------------------------------
+
+    def _on_note(self, data: bytes) -> None:
+        note = self._decode(data)
+        if isinstance(note, Settle):
+            self._on_settle(note)
+        elif isinstance(note, Deliver | GapNote):
+            proxy = self.proxies.get(note.member)
+            if proxy is None or proxy.owner != note.sender:  # it left, or moved on: tell the sender
+                self.send(note.sender, Leave(self.me, note.key, note.member))
+            else:
+                proxy.received(note)
+        elif isinstance(note, Joined | Refused):
+            waiting = self._answers.get(note.member)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(note)
+        elif isinstance(note, Join):
+            self._spawn(asyncio.ensure_future(self._accept(note)))
+        else:  # Leave
+            remote = self.remote.pop(note.member, None)
+            if remote is not None:
+                self.consumers.leave(remote)
+
+    async def _accept(self, join: Join) -> None:
+        """A member on another gateway joins a consumer: attach it if this gateway owns it."""
+        known = self.remote.get(join.member)
+        if known is not None:  # it asked again (our answer was late or lost)
+            self.send(join.sender, Joined(self.me, join.key, join.member))
+            return
+        try:
+            consumer = self.consumers.by_key.get(join.key)
+            if consumer is None:
+                owner = await self.claim(join.key)
+                if owner != self.me:
+                    self.send(join.sender, Refused(self.me, join.key, join.member, owner, f"{owner} owns it"))
+                    return
+                consumer = await self.consumers.open_shared(join.key, join.pattern, join.start)
+        except TidingsError as exc:
+            self.send(join.sender, Refused(self.me, join.key, join.member, "", str(exc)))
+            return
+        if not self.peers.alive(join.sender) or join.member in self.remote:
+            return
+        remote = RemoteMember(self, consumer, join.sender, join.member)
+        self.remote[join.member] = remote
+        self.send(join.sender, Joined(self.me, join.key, join.member))
+        sub = f.Sub(topic=join.pattern, max_inflight=join.max_inflight, ack_wait_ms=join.ack_wait_ms)
+        self.consumers.admit(consumer, remote, sub)
+
+    def _on_settle(self, note: Settle) -> None:
+        remote = self.remote.get(note.member)
+        if remote is None:
+            return  # it left, or this gateway no longer owns its consumer: ack_wait repairs it
+        consumer = remote.consumer
+        if note.kind == "ack":
+            consumer.ack(remote, f.Ack(0, note.topic, note.offset, note.queued_us, note.handled_us))
+        elif note.kind == "nack":
+            consumer.nack(remote, note.topic, note.offset, note.delay_ms)
+        elif note.kind == "progress":
+            consumer.progress(remote, note.topic, note.offset)
+        else:
+            consumer.undeliverable(remote, note.topic, note.offset, note.reason)
+
+    def _on_gone(self, gateway: str) -> None:
+        for remote in [r for r in self.remote.values() if r.gateway == gateway]:
+            del self.remote[remote.id]
+            self.consumers.leave(remote)
+        for proxy in [p for p in self.proxies.values() if p.owner == gateway]:
+            self._spawn(asyncio.ensure_future(self._rejoin(proxy)))

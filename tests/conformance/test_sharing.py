@@ -1,0 +1,99 @@
+"""Durable consumers shared by two gateways over a real 3-node JetStream cluster.
+
+One gateway owns a consumer; members on the other join through it
+(``gateway/sharing.py``). These tests take the owner or a member's gateway away
+and check that no message is left behind and none waits for ack_wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conformance.conftest import Deployment
+from tests.conformance.test_contract import ack, consume
+from tests.conftest import UNIT
+from tests.gateway.test_durable import publish
+from tests.gateway.wsclient import Raw, authed
+from tidings.auth import Authority
+from tidings.cluster import NatsCluster
+from tidings.gateway import Gateway
+
+PEER_TIMEOUT = 1.0
+
+
+@pytest.fixture
+async def nats(authority: Authority, tmp_path: Path, nats_cluster: NatsCluster) -> AsyncIterator[Deployment]:
+    d = Deployment("nats", authority, tmp_path / "data", nats_cluster)
+    yield d
+    await d.stop()
+
+
+async def stop(deployment: Deployment, gw: Gateway) -> None:
+    deployment.gateways.remove(gw)
+    await gw.stop()
+
+
+async def drain(raw: Raw, bodies: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Ack every message until ``bodies`` distinct bodies have arrived; return them all."""
+    got: list[dict[str, Any]] = []
+    while len({m["body"] for m in got}) < bodies:
+        m = await raw.expect("msg", timeout=timeout)
+        got.append(m)
+        await ack(raw, m)
+    return got
+
+
+async def test_a_member_keeps_going_when_the_owning_gateway_stops(
+    nats: Deployment, token: str, group: str
+) -> None:
+    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
+    pattern = f"conv/{group}/>"
+    x = await consume(a.url, token, pattern, max_inflight=1)  # a owns the consumer
+    y = await consume(b.url, token, pattern, max_inflight=1)  # joins it through b
+    assert a.consumers.by_key and not b.consumers.by_key
+    await publish(await authed(b.url, token), f"conv/{group}/chat", 4)
+    mx, my = [await raw.expect("msg") for raw in (x, y)]
+    assert {mx["body"], my["body"]} == {0, 1}
+    await asyncio.sleep(0.5 * UNIT)  # the cursor is saved every 0.2 s
+    await stop(nats, a)
+    got = await drain(y, 4)  # b owns it now: x's and y's unacked ones again, then the rest
+    assert b.consumers.by_key
+    attempts = {m["body"]: m["attempt"] for m in got}
+    assert attempts == {0: 2, 1: 2, 2: 1, 3: 1}
+    with pytest.raises(TimeoutError):
+        await y.expect("msg", timeout=0.5)
+
+
+async def test_a_member_s_messages_go_to_the_others_when_its_gateway_stops(
+    nats: Deployment, token: str, group: str
+) -> None:
+    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
+    pattern = f"conv/{group}/>"
+    x = await consume(a.url, token, pattern, max_inflight=1)
+    y = await consume(b.url, token, pattern, max_inflight=1)
+    await publish(await authed(a.url, token), f"conv/{group}/chat", 2)
+    mx, my = [await raw.expect("msg") for raw in (x, y)]
+    await stop(nats, b)  # long before ack_wait (30 s), y's message goes to x
+    await ack(x, mx)
+    again = await x.expect("msg", timeout=5)
+    assert (again["body"], again["attempt"]) == (my["body"], 2)
+
+
+async def test_a_silent_owner_is_taken_over(nats: Deployment, token: str, group: str) -> None:
+    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
+    pattern = f"conv/{group}/>"
+    await consume(a.url, token, pattern, max_inflight=1)
+    y = await consume(b.url, token, pattern, max_inflight=1)
+    peers = a.engine.peers
+    assert peers is not None
+    for task in peers._tasks:  # type: ignore[attr-defined]  # a hangs: no heartbeat, no message
+        task.cancel()
+    await publish(await authed(b.url, token), f"conv/{group}/chat", 3)
+    got = await drain(y, 3, timeout=5 * PEER_TIMEOUT)
+    assert {m["body"] for m in got} >= {0, 1, 2}
+    assert b.consumers.by_key, "b claimed the consumer from the silent owner"
