@@ -31,12 +31,12 @@ from tidings.engine.base import Engine
 from tidings.errors import InvalidTopic
 from tidings.log.types import UNLIMITED, RetentionPolicy
 from tidings.protocol.frames import Msg
-from tidings.protocol.topics import validate_topic
+from tidings.protocol.topics import SYSTEM_PREFIX, validate_topic
 
 log = logging.getLogger("tidings.catalog")
 
 #: the system topic; agents' ids may not start with "_", so no agent owns it
-CATALOG_TOPIC = "ctl/_tidings/catalog"
+CATALOG_TOPIC = SYSTEM_PREFIX + "catalog"
 #: the sender stamped on messages the system writes
 SYSTEM_SENDER = "_tidings"
 
@@ -140,6 +140,12 @@ class Catalog:
         if conversation is not None and conversation.state == "deleted":
             return RetentionPolicy(max_messages=0)
         return self.policy(topic).retention()
+
+    def retained_otherwise(self) -> list[str]:
+        """Topics whose retention may differ from their namespace's (an engine that keeps
+        retention per namespace, NATS, trims these itself)."""
+        deleted = {t for t, c in self.conversations.items() if c.state == "deleted"}
+        return sorted(deleted | set(self._overrides))
 
     def is_revoked(self, jti: str) -> bool:
         return bool(jti) and jti in self._revoked

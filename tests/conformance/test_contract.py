@@ -17,6 +17,7 @@ from tests.conformance.conftest import Deployment
 from tests.conftest import UNIT
 from tests.gateway.test_durable import collect, publish
 from tests.gateway.wsclient import Raw, authed
+from tidings.catalog import Conversation, ConversationPolicy
 from tidings.config import NamespacePolicy, default_namespaces
 from tidings.gateway import Gateway
 
@@ -286,3 +287,41 @@ async def test_retention_is_reported_as_a_gap(deployment: Deployment, token: str
     await fresh.send({"op": "sub", "topic": topic, "from": "earliest", "rid": 1})
     assert [m["body"] for m in await collect(fresh, 5)] == [15, 16, 17, 18, 19]
     assert not [f for f in fresh.inbox if f["op"] == "gap"], "earliest starts at what is retained"
+
+
+async def test_a_conversation_s_own_retention_and_its_deletion(
+    deployment: Deployment, token: str, group: str
+) -> None:
+    (gw,) = await deployment.start()
+    topic = f"conv/{group}/chat"
+    conversation = Conversation(topic=topic, policy=ConversationPolicy(max_messages=3))
+    await gw.catalog.put_conversation(conversation)
+    acks = await publish(await authed(gw.url, token), topic, 10)
+    await deployment.settle_retention()
+    reader = await authed(gw.url, token)
+    await reader.send({"op": "sub", "topic": topic, "from": {"offset": 0}, "rid": 1})
+    gap = await reader.expect("gap", timeout=10)
+    assert acks[6]["offset"] <= gap["to"] < acks[7]["offset"]
+    assert [m["body"] for m in await collect(reader, 3)] == [7, 8, 9]
+    conversation.state = "deleted"
+    await gw.catalog.put_conversation(conversation)
+    await deployment.settle_retention()
+    fresh = await authed(gw.url, token)
+    await fresh.send({"op": "sub", "topic": topic, "from": "earliest", "rid": 1})
+    with pytest.raises(TimeoutError):
+        await fresh.expect("msg", timeout=0.3)
+
+
+async def test_the_catalog_is_never_trimmed_by_the_ctl_namespace_s_limits(
+    deployment: Deployment, group: str
+) -> None:
+    namespaces = default_namespaces()
+    namespaces["ctl"] = NamespacePolicy(max_messages=3)
+    (gw,) = await deployment.start(namespaces=namespaces)
+    jtis = [f"{group}-{i}" for i in range(6)]
+    for jti in jtis:
+        await gw.catalog.revoke(jti, int(time.time() * 1000) + 3_600_000)
+    await deployment.settle_retention()
+    await deployment.stop()
+    (gw,) = await deployment.start(namespaces=namespaces)
+    assert [jti for jti in jtis if not gw.catalog.is_revoked(jti)] == [], "every revocation replayed"

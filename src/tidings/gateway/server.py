@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 from picows import (
@@ -74,7 +74,9 @@ class Gateway:
         self.settings = settings
         self.authority = authority
         self.catalog = catalog or Catalog(settings)
-        self.engine: Engine = engine or engine_for(settings, on_fatal, self.catalog.retention)
+        self.engine: Engine = engine or engine_for(
+            settings, on_fatal, self.catalog.retention, self.catalog.retained_otherwise
+        )
         self.presence = self.engine.presence
         #: the gateway pings a connection idle this long, and waits as long for the pong
         self.heartbeat_s = settings.presence_timeout / 2
@@ -383,12 +385,13 @@ def engine_for(
     settings: Settings,
     on_fatal: Callable[[BaseException], None] | None = None,
     retention: Callable[[str], RetentionPolicy] | None = None,
+    retained_otherwise: Callable[[], Iterable[str]] | None = None,
 ) -> Engine:
     """The engine ``settings.engine`` names. Raises ``ValueError`` for a bad NATS setting.
 
-    ``retention`` (default: the namespaces') is the embedded engine's per-topic
-    policy; JetStream keeps retention per stream, so the NATS engine takes the
-    namespaces' (docs/scaling.md).
+    ``retention`` (default: the namespaces') is each topic's policy. JetStream keeps
+    retention per stream, so the NATS engine makes the namespaces' its streams' limits
+    and trims the topics ``retained_otherwise()`` names itself (docs/scaling.md).
     """
     if settings.engine == "nats":
         from tidings.engine.nats import NatsEngine  # needs nats-py: pip install 'tidings[nats]'
@@ -399,9 +402,10 @@ def engine_for(
             urls,
             settings.shards or DEFAULT_NATS_SHARDS,
             replicas,
-            retention=settings.retention,
+            retention=retention or settings.retention,
             presence_lease_s=settings.presence_lease,
             peer_timeout_s=settings.peer_timeout,
+            retained_otherwise=retained_otherwise,
         )
     return EmbeddedEngine(
         settings.data_path,

@@ -25,6 +25,9 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_.:@=+\-]{1,128}")
 
 #: Namespaces whose messages are stored in the durable log.
 DURABLE_NAMESPACES = frozenset({"conv", "ctl", "dlq"})
+#: the system's own durable topics (the catalog): agents' ids may not start with "_",
+#: so no agent owns them, and no namespace retention ever trims them
+SYSTEM_PREFIX = "ctl/_tidings/"
 #: Namespaces whose messages are only fanned out to who listens now.
 EPHEMERAL_NAMESPACES = frozenset({"sig"})
 NAMESPACES = DURABLE_NAMESPACES | EPHEMERAL_NAMESPACES

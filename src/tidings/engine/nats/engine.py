@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,14 +34,23 @@ from tidings.engine.nats.calls import (
     retry,
 )
 from tidings.engine.nats.peers import GONE_S, NatsPeers
-from tidings.engine.nats.subjects import decode, msg_id_of, stream_of, subject_of, topic_of
+from tidings.engine.nats.subjects import (
+    SYSTEM_STREAM,
+    SYSTEM_SUBJECTS,
+    decode,
+    msg_id_of,
+    stream_of,
+    stream_of_topic,
+    subject_of,
+    topic_of,
+)
 from tidings.engine.nats.tail import Tail
 from tidings.errors import StorageError
 from tidings.leases import LeaseBoard, LeaseWriter
-from tidings.log.types import RetentionPolicy
+from tidings.log.types import UNLIMITED, RetentionPolicy
 from tidings.presence import PresenceView
 from tidings.protocol.frames import Msg
-from tidings.protocol.topics import DURABLE_NAMESPACES, matches, shard_of
+from tidings.protocol.topics import DURABLE_NAMESPACES, SYSTEM_PREFIX, is_durable, matches
 
 log = logging.getLogger("tidings.engine.nats")
 
@@ -48,6 +58,7 @@ CURSOR_BUCKET = "tidings_cursors"
 PRESENCE_BUCKET = "tidings_presence"
 PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
 PRESENCE_PREFIX = f"$KV.{PRESENCE_BUCKET}."
+TRIM_INTERVAL_S = 5.0
 #: lease writes in flight at once
 LEASE_WRITES = 256
 EPHEMERAL_PREFIX = "tidings.eph."
@@ -68,11 +79,15 @@ class NatsEngine(Engine):
         name: str = "tidings-gateway",
         presence_lease_s: float = 15.0,
         peer_timeout_s: float = GONE_S,
+        retained_otherwise: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         """``replicas`` None: 3 when the server is part of a cluster, 1 when it is alone.
 
-        ``retention(topic)`` gives each namespace's policy (asked with ``<ns>/_/_``);
-        JetStream cannot bound a subject's bytes, so ``max_bytes`` is refused.
+        ``retention(topic)`` gives each topic's policy; a namespace's (asked with
+        ``<ns>/_/_``) becomes its streams' limits, and the topics ``retained_otherwise()``
+        names (a conversation's own policy) are trimmed by ``trim``. JetStream cannot
+        bound a subject's bytes, so a namespace's ``max_bytes`` is refused (a topic's is
+        not applied).
         ``presence_lease_s``: how long this gateway's presence outlives it (renewed
         every third of it); set the same on every gateway. ``peer_timeout_s``: how
         long a gateway may go unheard before its consumers are taken over.
@@ -97,6 +112,9 @@ class NatsEngine(Engine):
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._peers: NatsPeers | None = None
+        self._retained_otherwise = retained_otherwise or (lambda: ())
+        #: seconds between two ``trim`` rounds
+        self.trim_interval_s = TRIM_INTERVAL_S
         self.peer_timeout_s = peer_timeout_s
         if presence_lease_s <= 0:
             raise ValueError("presence_lease_s must be positive")
@@ -139,9 +157,15 @@ class NatsEngine(Engine):
         if self.replicas is None:
             self.replicas = 3 if self.nc._server_info.get("cluster") else 1
         for ns in sorted(DURABLE_NAMESPACES):
+            policy = self._retention(f"{ns}/_/_")
             for shard in range(self.shards):
-                last = await self._ensure_stream(ns, shard)
+                last = await self._ensure_stream(stream_of(ns, shard), f"tidings.{shard}.{ns}.>", policy)
                 self._tails.append(Tail(self, stream_of(ns, shard), last, self._announce))
+        last = await self._ensure_stream(SYSTEM_STREAM, SYSTEM_SUBJECTS, UNLIMITED)
+        if last == 0:
+            await self._move_system_topics()
+            last = int((await self._stream_state(SYSTEM_STREAM, ""))["last_seq"])
+        self._tails.append(Tail(self, SYSTEM_STREAM, last, self._announce))
         js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
         self._kv = await retry(
             f"create bucket {CURSOR_BUCKET}",
@@ -159,15 +183,16 @@ class NatsEngine(Engine):
         writer = LeaseWriter(self.presence, self.gateway_id, self.presence_lease_s, self._write_leases)
         self._lease_writer = writer
         self._tasks.append(asyncio.create_task(writer.run(), name="tidings-nats-presence"))
+        self._tasks.append(asyncio.create_task(self._trim_every(), name="tidings-nats-trim"))
 
-    async def _ensure_stream(self, ns: str, shard: int) -> int:
-        """Create the stream of ``ns``/``shard`` or bring its config up to date; return its last seq."""
-        policy = self._retention(f"{ns}/_/_")
+    async def _ensure_stream(self, name: str, subjects: str, policy: RetentionPolicy) -> int:
+        """Create a stream with ``policy`` as its limits, or bring its config up to date; return
+        its last seq."""
         max_age_ns = 0 if policy.max_age_ms is None else policy.max_age_ms * 1_000_000
         window_ns = int(self.dedup_window_s * 1e9)
         config = {
-            "name": stream_of(ns, shard),
-            "subjects": [f"tidings.{shard}.{ns}.>"],
+            "name": name,
+            "subjects": [subjects],
             "retention": "limits",
             "storage": "file",
             "num_replicas": self.replicas,
@@ -235,8 +260,7 @@ class NatsEngine(Engine):
 
     async def publish(self, msg: Msg) -> PublishResult:
         payload = to_record_payload(msg)
-        ns = msg.topic.split("/", 1)[0]
-        stream = stream_of(ns, shard_of(msg.topic, self.shards))
+        stream = self._stream(msg.topic)
         headers = {"Nats-Msg-Id": msg_id_of(msg.topic, msg.id), "Nats-Expected-Stream": stream}
         subject = subject_of(msg.topic, self.shards)
         # A publish that timed out may have been stored: sending it again with the same
@@ -287,7 +311,7 @@ class NatsEngine(Engine):
     # -- reading ------------------------------------------------------------
 
     def _stream(self, topic: str) -> str:
-        return stream_of(topic.split("/", 1)[0], shard_of(topic, self.shards))
+        return stream_of_topic(topic, self.shards)
 
     async def read(self, topic: str, after: int, limit: int = 1000) -> list[Msg]:
         # Direct gets may be answered by a replica that lags the leader; this
@@ -295,7 +319,7 @@ class NatsEngine(Engine):
         want = self._announced.get(topic, 0)
 
         async def read() -> list[Msg]:
-            msgs = await self._read_batch(topic, after, limit)
+            msgs = await self._read_subject(self._stream(topic), subject_of(topic, self.shards), after, limit)
             last = msgs[-1].offset if msgs else after
             if len(msgs) < limit and last is not None and last < want:
                 raise Stale(f"read {topic} through {last}, announced {want}")
@@ -303,15 +327,12 @@ class NatsEngine(Engine):
 
         return await retry(f"read {topic}", read)
 
-    async def _read_batch(self, topic: str, after: int, limit: int) -> list[Msg]:
-        subject = subject_of(topic, self.shards)
+    async def _read_subject(self, stream: str, subject: str, after: int, limit: int) -> list[Msg]:
         request = {"seq": after + 1, "next_by_subj": subject, "batch": limit}
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:
-            await self.nc.publish(
-                f"{API}.DIRECT.GET.{self._stream(topic)}", json.dumps(request).encode(), inbox
-            )
+            await self.nc.publish(f"{API}.DIRECT.GET.{stream}", json.dumps(request).encode(), inbox)
             out: list[Msg] = []
             while True:
                 raw = await sub.next_msg(timeout=REQUEST_TIMEOUT_S)
@@ -319,7 +340,7 @@ class NatsEngine(Engine):
                 if status is not None:
                     if status in ("204", "404"):  # end of batch; nothing there
                         return out
-                    raise StorageError(f"reading {topic}: status {status} {raw.headers}")
+                    raise StorageError(f"reading {subject}: status {status} {raw.headers}")
                 assert raw.headers is not None
                 out.append(decode(subject, int(raw.headers["Nats-Sequence"]), raw.data))
         finally:
@@ -351,9 +372,11 @@ class NatsEngine(Engine):
         JetStream does not say which sequences of a subject it removed. Removal
         is always of a topic's oldest messages, so: with ``max_messages`` and
         the topic at that count, everything below its first retained message
-        may have been removed; with ``max_age``, everything below the stream's
-        first sequence was. The answer may cover sequences that never were this
-        topic's, never one that still is.
+        may have been removed; with the namespace's ``max_age``, everything below
+        the stream's first sequence was; with a ``max_age`` of the topic's own
+        (``trim``), everything below its first retained message may have been.
+        The answer may cover sequences that never were this topic's, never one
+        that still is.
         """
         policy = self._retention(topic)
         if policy.max_messages is None and policy.max_age_ms is None:
@@ -361,13 +384,18 @@ class NatsEngine(Engine):
         subject = subject_of(topic, self.shards)
         state = await self._stream_state(self._stream(topic), subject)
         first = await self._get(topic, {"seq": 1, "next_by_subj": subject})
+        if first is None:  # nothing retained: all of it was removed, if there ever was any
+            return await self.head(topic) if policy.max_messages == 0 else 0
         trimmed = 0
         if policy.max_age_ms is not None:
-            trimmed = int(state["first_seq"]) - 1
+            if policy.max_age_ms == self._retention(topic.split("/", 1)[0] + "/_/_").max_age_ms:
+                trimmed = int(state["first_seq"]) - 1
+            else:
+                trimmed = first - 1
         count = int(state.get("subjects", {}).get(subject, 0))
-        if policy.max_messages is not None and count >= policy.max_messages and first is not None:
+        if policy.max_messages is not None and count >= policy.max_messages:
             trimmed = max(trimmed, first - 1)
-        return trimmed if first is None else min(trimmed, first - 1)
+        return min(trimmed, first - 1)
 
     async def _stream_state(self, stream: str, subjects_filter: str, offset: int = 0) -> dict[str, Any]:
         request = json.dumps({"subjects_filter": subjects_filter, "offset": offset}).encode()
@@ -390,17 +418,88 @@ class NatsEngine(Engine):
         for ns in namespaces:
             if ns not in DURABLE_NAMESPACES:
                 continue
-            for shard in range(self.shards):
-                stream = stream_of(ns, shard)
-                offset = 0
-                while True:
-                    state = await self._stream_state(stream, f"tidings.{shard}.{ns}.>", offset)
-                    subjects = state.get("subjects") or {}
-                    out.extend(t for s in subjects if matches(matching, t := topic_of(s)))
-                    offset += len(subjects)
-                    if not subjects or offset >= state["_total"]:
-                        break
+            places = [(stream_of(ns, shard), f"tidings.{shard}.{ns}.>") for shard in range(self.shards)]
+            if ns == "ctl":
+                places.append((SYSTEM_STREAM, SYSTEM_SUBJECTS))
+            for stream, subjects_filter in places:
+                async for subject, _ in self._subjects(stream, subjects_filter):
+                    if matches(matching, topic := topic_of(subject)):
+                        out.append(topic)
         return out
+
+    async def _subjects(self, stream: str, subjects_filter: str) -> AsyncIterator[tuple[str, int]]:
+        """Every subject of ``stream`` matching ``subjects_filter`` with its message count."""
+        offset = 0
+        while True:
+            state = await self._stream_state(stream, subjects_filter, offset)
+            subjects: dict[str, int] = state.get("subjects") or {}
+            for item in subjects.items():
+                yield item
+            offset += len(subjects)
+            if not subjects or offset >= state["_total"]:
+                return
+
+    # -- retention of a topic's own ------------------------------------------------
+
+    async def trim(self) -> int:
+        """Apply the retention of topics whose policy is not their namespace's; return how many
+        messages were removed.
+
+        A stream applies its namespace's limits on every publish; a conversation's own
+        (tighter) ``max_messages`` or ``max_age``, or its deletion, are applied here by
+        purging its subject. Every gateway trims (a purge is idempotent).
+        """
+        removed = 0
+        now_ms = int(time.time() * 1000)
+        for topic in self._retained_otherwise():
+            if topic.startswith(SYSTEM_PREFIX) or not is_durable(topic):
+                continue
+            policy = self._retention(topic)
+            if policy == self._retention(topic.split("/", 1)[0] + "/_/_"):
+                continue
+            stream, subject = self._stream(topic), subject_of(topic, self.shards)
+            state = await self._stream_state(stream, subject)
+            if not int(state.get("subjects", {}).get(subject, 0)):
+                continue
+            if policy.max_messages is not None:
+                removed += await self._purge(stream, {"filter": subject, "keep": policy.max_messages})
+            if policy.max_age_ms is not None:
+                cutoff = datetime.fromtimestamp((now_ms - policy.max_age_ms) / 1000, UTC)
+                when = cutoff.isoformat().replace("+00:00", "Z")
+                young = await self._get(topic, {"start_time": when, "next_by_subj": subject})
+                purge: dict[str, Any] = {"filter": subject}
+                if young is not None:
+                    purge["seq"] = young  # everything of the subject below it
+                removed += await self._purge(stream, purge)
+        return removed
+
+    async def _purge(self, stream: str, request: dict[str, Any]) -> int:
+        payload = json.dumps(request).encode()
+        answer = await retry(f"trim {stream}", lambda: self._api(f"STREAM.PURGE.{stream}", payload))
+        return int(answer.get("purged", 0))
+
+    async def _trim_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.trim_interval_s)
+            try:
+                await self.trim()
+            except Exception:
+                log.exception("trimming topics with a retention of their own failed; will retry")
+
+    async def _move_system_topics(self) -> None:
+        """Copy the system's topics from where versions before the system stream kept them
+        (the ``ctl`` streams, whose limits could trim them) into the system stream, in order,
+        each message once (its ``Nats-Msg-Id`` dedups a copy made by two gateways at once)."""
+        tokens = SYSTEM_PREFIX.replace("/", ".")
+        for shard in range(self.shards):
+            old_stream = stream_of("ctl", shard)
+            async for subject, _ in self._subjects(old_stream, f"tidings.{shard}.{tokens}>"):
+                after = 0
+                while batch := await self._read_subject(old_stream, subject, after, 256):
+                    for msg in batch:
+                        await self.publish(msg)
+                    after = batch[-1].offset or after
+                log.info("moved %s into the system stream", topic_of(subject))
 
     # -- presence -----------------------------------------------------------
 

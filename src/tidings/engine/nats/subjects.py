@@ -7,9 +7,12 @@ import hashlib
 from tidings.engine.embedded import from_record
 from tidings.log.types import StoredRecord
 from tidings.protocol.frames import Msg
-from tidings.protocol.topics import shard_of
+from tidings.protocol.topics import SYSTEM_PREFIX, shard_of
 
 EPHEMERAL_PREFIX = "tidings.eph."
+#: the system's topics (``SYSTEM_PREFIX``) live in a stream of their own, without limits
+SYSTEM_STREAM = "TIDINGS_system"
+SYSTEM_SUBJECTS = "tidings.sys.>"
 
 
 def subject_of(topic: str, shards: int) -> str:
@@ -17,7 +20,16 @@ def subject_of(topic: str, shards: int) -> str:
     tokens = topic.replace(".", "%").replace("/", ".")
     if shards == 0:
         return EPHEMERAL_PREFIX + tokens
+    if topic.startswith(SYSTEM_PREFIX):
+        return "tidings.sys." + tokens
     return f"tidings.{shard_of(topic, shards)}.{tokens}"
+
+
+def stream_of_topic(topic: str, shards: int) -> str:
+    """The stream a durable topic lives in."""
+    if topic.startswith(SYSTEM_PREFIX):
+        return SYSTEM_STREAM
+    return stream_of(topic.split("/", 1)[0], shard_of(topic, shards))
 
 
 def topic_of(subject: str) -> str:
