@@ -156,6 +156,8 @@ class Proxy:
         self.id = f"{sharing.me}.{next(sharing.ids)}"
         self.priority = member.pattern.startswith("ctl/")
         self.owner = ""
+        #: the owner has answered ``joined`` (a proxy still joining is not rejoined)
+        self.joined = False
         self.left = False
         #: deliveries that arrived before ``subbed`` went out (None once it has)
         self._early: list[Deliver | GapNote] | None = []
@@ -302,8 +304,13 @@ class Sharing:
                 answer = await asyncio.wait_for(waiting, ANSWER_S)
             self._answers.pop(proxy.id, None)
             if isinstance(answer, Joined):
+                if proxy.left:  # its connection went while it joined
+                    self.send(owner, Leave(self.me, proxy.key, proxy.id))
+                proxy.joined = not proxy.left
                 return False
             self.proxies.pop(proxy.id, None)
+            if proxy.left:
+                return False
             why = answer.reason if answer is not None else f"gateway {owner} did not answer"
             if time.monotonic() >= deadline:
                 raise RetryLater(f"joining consumer {proxy.sub.consumer!r}: {why}", 1000)
@@ -312,6 +319,7 @@ class Sharing:
 
     async def _rejoin(self, proxy: Proxy) -> None:
         """The owner of ``proxy``'s consumer is gone: join whoever owns it now (maybe this gateway)."""
+        proxy.joined = False
         while not proxy.left:
             try:
                 if not await self._join(proxy):
@@ -320,10 +328,10 @@ class Sharing:
                     return
                 self.proxies.pop(proxy.id, None)
                 consumer = await self.consumers.open_shared(proxy.key, proxy.member.pattern, proxy.sub.start)
-                if proxy.left:
-                    return
                 proxy.member.consumer = consumer
                 self.consumers.admit(consumer, proxy.member, proxy.sub)
+                if proxy.left:  # its connection went meanwhile: let the consumer idle out
+                    self.consumers.leave(proxy.member)
                 return
             except (RetryLater, StorageError) as exc:
                 log.warning("consumer %r lost its owner and could not be joined again: %s", proxy.key, exc)
@@ -369,13 +377,16 @@ class Sharing:
         except TidingsError as exc:
             self.send(join.sender, Refused(self.me, join.key, join.member, "", str(exc)))
             return
-        if not self.peers.alive(join.sender) or join.member in self.remote:
+        if join.member in self.remote:
             return
         remote = RemoteMember(self, consumer, join.sender, join.member)
-        self.remote[join.member] = remote
-        self.send(join.sender, Joined(self.me, join.key, join.member))
         sub = f.Sub(topic=join.pattern, max_inflight=join.max_inflight, ack_wait_ms=join.ack_wait_ms)
         self.consumers.admit(consumer, remote, sub)
+        if not self.peers.alive(join.sender):  # gone while the consumer opened
+            self.consumers.leave(remote)
+            return
+        self.remote[join.member] = remote
+        self.send(join.sender, Joined(self.me, join.key, join.member))
 
     def _on_settle(self, note: Settle) -> None:
         remote = self.remote.get(note.member)
@@ -395,5 +406,5 @@ class Sharing:
         for remote in [r for r in self.remote.values() if r.gateway == gateway]:
             del self.remote[remote.id]
             self.consumers.leave(remote)
-        for proxy in [p for p in self.proxies.values() if p.owner == gateway]:
+        for proxy in [p for p in self.proxies.values() if p.owner == gateway and p.joined]:
             self._spawn(asyncio.ensure_future(self._rejoin(proxy)))
