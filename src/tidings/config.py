@@ -82,6 +82,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_frame_bytes: int = 1024 * 1024
     max_subscriptions: int = 1000
     max_topic_length: int = 256
+    #: frames a connection may have refused for its own fault (invalid, forbidden, over a
+    #: limit) in a burst, refilled at a tenth of it a second; past it the connection is
+    #: closed with 1008, so no client can keep the server refusing frames for ever
+    max_refusals: int = 1000
     #: shards of the durable log: shard = crc32(group) mod shards. Unset: the embedded
     #: engine keeps the count its data directory was created with, and creates new
     #: ones with 1 (docs/decisions.md, "Shards"); the NATS engine uses 8 streams.
@@ -161,6 +165,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "max_frame_bytes",
             "max_subscriptions",
             "max_topic_length",
+            "max_refusals",
             "max_outbound_bytes",
             "max_unacked_publishes",
             "max_write_queue",

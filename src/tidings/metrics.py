@@ -110,6 +110,8 @@ class GatewayStats:
     dropped: int = 0
     #: connections closed because they stopped reading for write_timeout
     write_timeouts: int = 0
+    #: connections closed because they kept sending frames that were refused (max_refusals)
+    refusal_closes: int = 0
     #: subscriptions open now (live and durable)
     subscriptions: int = 0
     messages_in: defaultdict[str, int] = field(default_factory=_counts)
@@ -195,6 +197,9 @@ class StatsCollector(Collector):
         s = self.stats
         yield _counter("tidings_connections_opened", "WebSocket connections accepted", s.connections_opened)
         yield _counter("tidings_write_timeouts", "connections closed for not reading", s.write_timeouts)
+        yield _counter(
+            "tidings_refusal_closes", "connections closed for too many refused frames", s.refusal_closes
+        )
         for name, value in self.gauges().items():
             yield GaugeMetricFamily(f"tidings_{name}", name.replace("_", " "), value=value)
         by_namespace = (

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import UNIT
+from tests.conftest import UNIT, start_gateway
 from tests.gateway.wsclient import Bystander, Raw, authed
 from tidings.auth import Authority
 from tidings.config import Settings
@@ -147,6 +147,32 @@ async def test_too_many_subscriptions(gateway: Gateway, token: str, bystander: B
     assert err["code"] == "limit_exceeded" and err["rid"] == 5
     await raw.send({"op": "pub", "topic": "sig/a/0", "body": "still here"})
     assert (await raw.expect("msg"))["body"] == "still here"
+
+
+async def test_a_client_that_keeps_sending_refused_frames_is_closed(authority: Authority, token: str) -> None:
+    gw = await start_gateway(authority, max_refusals=20)
+    try:
+        raw = await authed(gw.url, token)
+        bad = [{"op": "pub", "topic": "nope/a/b", "body": 1, "rid": i} for i in range(10)]
+        await raw.send(*bad)  # half the burst
+        assert [(await raw.recv())["code"] for _ in range(10)] == ["invalid_topic"] * 10
+        await asyncio.sleep(0.5)  # refilled by a tenth of the burst a second: 10 left, plus 1
+        await raw.send(*bad, *bad, *bad)
+        codes = []
+        while not codes or codes[-1] != "limit_exceeded":
+            codes.append((await raw.recv())["code"])
+        # 10 left + 1 refilled (a little more on a slow machine), then the one past the burst
+        # is answered and the connection closed
+        assert 12 <= codes.count("invalid_topic") <= 14, codes
+        code, reason = await raw.closed()
+        assert code == 1008 and "refused" in reason
+        assert gw.stats.refusal_closes == 1
+        ok = await authed(gw.url, token)  # the limit is per connection
+        await ok.send({"op": "pub", "topic": "nope/a/b", "body": 1, "rid": 1})
+        assert (await ok.recv())["code"] == "invalid_topic"
+        await ok.close()
+    finally:
+        await gw.stop()
 
 
 async def test_invalid_and_overlong_topics(gateway: Gateway, token: str, bystander: Bystander) -> None:

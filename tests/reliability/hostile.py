@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -132,10 +133,16 @@ def _until_close(sock: socket.socket, timeout: float = 5.0) -> Outcome:
 
 def _alive(sock: socket.socket, topic: str = "sig/hostile/alive") -> bool:
     """Whether the session still answers: a publish to ``topic`` gets its puback."""
-    sock.sendall(w.text({"op": "pub", "topic": topic, "body": 1, "rid": 999_999}))
+    try:
+        sock.sendall(w.text({"op": "pub", "topic": topic, "body": 1, "rid": 999_999}))
+    except ConnectionError:
+        return False
     sock.settimeout(5)
     while True:
-        opcode, payload = w.read_frame(sock)
+        try:
+            opcode, payload = w.read_frame(sock)
+        except ConnectionError:
+            return False
         if opcode == w.CLOSE:
             return False
         if opcode != w.TEXT:
@@ -184,16 +191,21 @@ def slowloris(t: Target) -> Outcome:
 
 def many_subscriptions(t: Target) -> Outcome:
     sock = _authed(t)
-    for batch in range(10):
-        frames = [
-            {"op": "sub", "topic": f"sig/hostile/s{batch}-{i}", "rid": batch * 1000 + i} for i in range(1000)
-        ]
-        sock.sendall(w.frame(w.TEXT, json.dumps(frames).encode()))
+    with contextlib.suppress(ConnectionError):  # closed for too many refusals (max_refusals)
+        for batch in range(10):
+            frames = [
+                {"op": "sub", "topic": f"sig/hostile/s{batch}-{i}", "rid": batch * 1000 + i}
+                for i in range(1000)
+            ]
+            sock.sendall(w.frame(w.TEXT, json.dumps(frames).encode()))
     subbed = 0
     errors: list[str] = []
     sock.settimeout(10)
     while subbed + len(errors) < 10_000:
-        opcode, payload = w.read_frame(sock)
+        try:
+            opcode, payload = w.read_frame(sock)
+        except ConnectionError:  # reset: it closed with what we sent still unread
+            break
         if opcode != w.TEXT:
             break
         decoded = json.loads(payload)

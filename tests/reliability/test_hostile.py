@@ -70,8 +70,15 @@ def test_slowloris_handshake_is_dropped_at_the_deadline(target: Target) -> None:
 
 def test_ten_thousand_subscriptions_on_one_connection(target: Target) -> None:
     outcome = ATTACKS["many_subscriptions"](target)
-    assert outcome.extra == {"subbed": 1000, "refused": 9000}  # max_subscriptions, then limit_exceeded
-    assert outcome.errors == ["limit_exceeded"] and outcome.still_open
+    # max_subscriptions accepted, then limit_exceeded for each until max_refusals (1,000),
+    # then the connection is closed (1008) and the rest is never decoded. What the client
+    # reads back depends on whether its kernel kept the replies once the server reset it.
+    assert outcome.extra["subbed"] <= 1000 and outcome.extra["refused"] <= 1002, outcome.extra
+    assert set(outcome.errors) <= {"limit_exceeded"} and not outcome.still_open
+    assert target.control is not None
+    metrics = target.control.get("/metrics").text
+    closes = [line for line in metrics.splitlines() if line.startswith("tidings_refusal_closes_total")]
+    assert closes and float(closes[0].split()[-1]) >= 1, closes
 
 
 def test_a_replayed_token_is_refused_once_it_has_expired(target: Target) -> None:

@@ -23,6 +23,7 @@ from tidings.errors import (
     Forbidden,
     FrameTooLarge,
     InvalidFrame,
+    InvalidTopic,
     LimitExceeded,
     NotSupported,
     ProtocolError,
@@ -57,6 +58,8 @@ class Connection(WSListener):
         "_next_sid",
         "_reads_paused",
         "_reassembly",
+        "_refused",
+        "_refused_at",
         "_timers",
         "_unacked",
         "_write_deadline",
@@ -99,6 +102,9 @@ class Connection(WSListener):
         #: the rest of a big batch, acted on in a later loop turn (reading paused meanwhile)
         self._continue: asyncio.Handle | None = None
         self._reads_paused = False
+        #: refusals counted against ``max_refusals`` (``_may_refuse``), as of ``_refused_at``
+        self._refused = 0.0
+        self._refused_at = 0.0
 
     @property
     def agent(self) -> str:
@@ -233,6 +239,15 @@ class Connection(WSListener):
                     # a flood of bad handshakes flood the logs too.
                     log.debug("hello refused: %s", exc.message, extra=self.context(code=exc.code))
                     self.session.reject(exc, rid)
+                elif isinstance(exc, CLIENT_FAULTS) and not self._may_refuse():
+                    self.gateway.stats.refusal_closes += 1
+                    limit = self.gateway.settings.max_refusals
+                    self.session.send(error_frame(exc, rid))
+                    self.session.fail(
+                        LimitExceeded(f"more than {limit} frames refused in a burst: closing"),
+                        CloseCode.POLICY_VIOLATION,
+                    )
+                    break
                 else:
                     self.session.send(error_frame(exc, rid))
             except Exception:
@@ -247,6 +262,19 @@ class Connection(WSListener):
         if self.session.pending_bytes or self.session.close_code is not None:
             self.gateway.mark_dirty(self)
         self._pace(self.session.has_incoming)
+
+    def _may_refuse(self) -> bool:
+        """Count one refusal of a frame for the client's own fault; False once the burst is spent.
+
+        A token bucket of ``max_refusals``, refilled at a tenth of it a second: a client
+        that keeps sending what it has been told is refused costs the server, so it is
+        closed instead of answered for ever.
+        """
+        limit = self.gateway.settings.max_refusals
+        now = time.monotonic()
+        self._refused = max(0.0, self._refused - (now - self._refused_at) * limit / 10) + 1
+        self._refused_at = now
+        return self._refused <= limit
 
     def _pace(self, more: bool) -> None:
         """Pause reading while frames wait for a later turn; resume once they are done."""
@@ -550,3 +578,5 @@ def _body_size(body: object) -> int:
 
 #: seconds of one event-loop turn a connection's frames may take (``Connection._process``)
 SLICE_S = 0.0005
+#: refusals that are the client's fault (``max_refusals`` counts them)
+CLIENT_FAULTS = (ProtocolError, InvalidTopic, Forbidden, LimitExceeded, NotSupported)
