@@ -23,6 +23,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from tidings.protocol.topics import namespace_of
+
 #: latency buckets in seconds: 1-2-5 steps from 50 us to 30 s
 LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
@@ -82,10 +84,6 @@ class Histogram:
             seen += count
             out.append((bound, float(seen)))
         return out
-
-
-def namespace_of(topic: str) -> str:
-    return topic.split("/", 1)[0]
 
 
 def _counts() -> defaultdict[str, int]:

@@ -1,4 +1,6 @@
-"""The control plane's HTTP API: conversations, commands, presence, history, tokens.
+"""The control plane's HTTP API: the app, its errors, health, metrics, live figures and the
+dashboard; the routes of each concern are in ``conversations``, ``commands`` (agents,
+presence, commands) and ``tokens``.
 
 It issues intents and reads metadata; it never carries a data message from one
 agent to another. Everything it writes goes into the engine (the catalog
@@ -10,15 +12,9 @@ up; everything it reads comes from the engine, presence included
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
 from pathlib import Path
-from typing import Annotated, Any
 
-import msgspec
-from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi import Path as PathParam
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
@@ -27,38 +23,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import tidings
-from tidings.auth import Authority, validate_agent_id
-from tidings.catalog import SYSTEM_SENDER, Catalog, Conversation, ConversationPolicy
+from tidings.auth import Authority
+from tidings.catalog import Catalog
 from tidings.control import models as m
-from tidings.engine.base import Engine, consumer_key
-from tidings.errors import Conflict, Forbidden, InvalidFrame, NotFound, TidingsError, Unauthorized
+from tidings.control.commands import Commands, agents_router
+from tidings.control.conversations import conversations_router
+from tidings.control.http import ERRORS, Admin, now_ms
+from tidings.control.tokens import tokens_router
+from tidings.engine.base import Engine
+from tidings.errors import Conflict, Forbidden, NotFound, TidingsError, Unauthorized
 from tidings.metrics import STAGES, GatewayStats, StatsCollector
-from tidings.presence import AgentPresence, PresenceView
-from tidings.protocol.frames import Msg
-from tidings.protocol.topics import validate_pattern
+from tidings.presence import PresenceView
 
 #: the dashboard: plain HTML and JavaScript, no build step
 UI_DIR = Path(__file__).parent / "ui"
-#: the consumer name and pattern the SDK acknowledges commands with (sdk/commands.py)
-COMMAND_CONSUMER = "commands"
-PAGE_LIMIT = 1000
-
-Segment = Annotated[str, PathParam(pattern=m.SEGMENT)]
-AgentId = Annotated[str, PathParam(pattern=m.AGENT_ID)]
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": m.Problem, "description": "the body is not JSON"},
-    401: {"model": m.Problem, "description": "no token, or an invalid, expired or revoked one"},
-    403: {"model": m.Problem, "description": "the token is not an admin token"},
-    422: {"model": m.Problem, "description": "the request is malformed"},
-}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": m.Problem, "description": "no such thing"}}
-CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": m.Problem, "description": "it exists already"}}
-
-
-def commands_topic(agent: str) -> str:
-    return f"ctl/{agent}/commands"
-
 
 STATUS_OF: dict[type[TidingsError], int] = {
     Unauthorized: 401,
@@ -97,7 +75,6 @@ def create_app(
         description="Orchestrate agents: conversations, commands, presence, history, tokens. "
         "Admin requests carry `Authorization: Bearer <admin token>` (`tidings token --admin`).",
     )
-    epochs = _Epochs(engine)
     app.state.authority, app.state.catalog = authority, catalog
 
     @app.exception_handler(TidingsError)
@@ -156,7 +133,7 @@ def create_app(
     async def live_stats(_: Admin) -> m.StatsOut:
         storage = engine.storage_figures()
         return m.StatsOut(
-            time_ms=_now_ms(),
+            time_ms=now_ms(),
             connections=stats.connections,
             subscriptions=stats.subscriptions,
             agents_online=len((await engine.presence_view()).agents(online=True)),
@@ -191,396 +168,8 @@ def create_app(
             ),
         )
 
-    # -- conversations --------------------------------------------------------
-
-    async def view(conversation: Conversation) -> m.ConversationOut:
-        topic = conversation.topic
-        head = await engine.head(topic)
-        last = await engine.read(topic, max(head - 1, await engine.trimmed_through(topic)), 1) if head else []
-        return m.ConversationOut(
-            id=topic.removeprefix("conv/"),
-            topic=topic,
-            state=conversation.state,
-            members=conversation.members,
-            policy=m.PolicyIn(**msgspec.to_builtins(conversation.policy)),
-            created_ms=conversation.created_ms,
-            updated_ms=conversation.updated_ms,
-            head=head,
-            messages=await engine.count(topic),
-            members_online=(await engine.presence_view()).members_online(topic),
-            last_activity_ms=last[-1].ts if last else None,
-        )
-
-    def find(group: str, name: str) -> Conversation:
-        conversation = catalog.conversations.get(f"conv/{group}/{name}")
-        if conversation is None or conversation.state == "deleted":
-            raise NotFound(f"no conversation conv/{group}/{name}")
-        return conversation
-
-    @app.post(
-        "/v1/conversations",
-        status_code=201,
-        response_model=m.ConversationOut,
-        responses={**ERRORS, **CONFLICT},
-        summary="Create a conversation; each member gets a join command",
-    )
-    async def create_conversation(body: m.ConversationIn, _: Admin) -> m.ConversationOut:
-        members = [_agent_id(a) for a in dict.fromkeys(body.members)]
-        existing = catalog.conversations.get(body.topic)
-        if existing is not None and existing.state != "deleted":
-            raise Conflict(f"conversation {body.topic} exists ({existing.state})")
-        now = _now_ms()
-        conversation = Conversation(
-            topic=body.topic,
-            members=members,
-            policy=ConversationPolicy(**body.policy.model_dump(exclude_none=True)),
-            created_ms=now,
-        )
-        await catalog.put_conversation(conversation)
-        for agent in members:
-            await send_command(agent, "join", {"conversation": body.topic}, body.topic, None)
-        return await view(conversation)
-
-    @app.get(
-        "/v1/conversations",
-        response_model=list[m.ConversationOut],
-        responses=ERRORS,
-        summary="List conversations",
-    )
-    async def list_conversations(
-        _: Admin,
-        state: Annotated[str | None, Query(pattern="^(open|closed)$")] = None,
-        group: Annotated[str | None, Query(pattern=m.SEGMENT)] = None,
-        member: Annotated[str | None, Query(pattern=m.AGENT_ID)] = None,
-        limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT)] = 100,
-    ) -> list[m.ConversationOut]:
-        found = [
-            c
-            for topic, c in sorted(catalog.conversations.items())
-            if c.state != "deleted"
-            and (state is None or c.state == state)
-            and (group is None or topic.split("/")[1] == group)
-            and (member is None or member in c.members)
-        ]
-        return [await view(c) for c in found[:limit]]
-
-    @app.get(
-        "/v1/conversations/{group}/{name}",
-        response_model=m.ConversationOut,
-        responses={**ERRORS, **NOT_FOUND},
-        summary="One conversation, with its head offset, size, members online and last activity",
-    )
-    async def get_conversation(group: Segment, name: Segment, _: Admin) -> m.ConversationOut:
-        return await view(find(group, name))
-
-    @app.post(
-        "/v1/conversations/{group}/{name}/close",
-        response_model=m.ConversationOut,
-        responses={**ERRORS, **NOT_FOUND},
-        summary="Close a conversation: no more publishes; history kept until retention",
-    )
-    async def close_conversation(group: Segment, name: Segment, _: Admin) -> m.ConversationOut:
-        conversation = msgspec.structs.replace(find(group, name), state="closed")
-        await catalog.put_conversation(conversation)
-        return await view(conversation)
-
-    @app.delete(
-        "/v1/conversations/{group}/{name}",
-        status_code=204,
-        responses={**ERRORS, **NOT_FOUND},
-        summary="Delete a conversation and its messages",
-    )
-    async def delete_conversation(group: Segment, name: Segment, _: Admin) -> Response:
-        conversation = msgspec.structs.replace(find(group, name), state="deleted")
-        await catalog.put_conversation(conversation)
-        return Response(status_code=204)
-
-    @app.get(
-        "/v1/conversations/{group}/{name}/presence",
-        response_model=list[m.AgentOut],
-        responses={**ERRORS, **NOT_FOUND},
-        summary="The agents subscribed to this conversation now, and its members offline",
-    )
-    async def conversation_presence(group: Segment, name: Segment, _: Admin) -> list[m.AgentOut]:
-        conversation = find(group, name)
-        presence = await engine.presence_view()
-        online = presence.agents(conversation=conversation.topic)
-        seen = {p.agent for p in online}
-        offline = [
-            presence.get(a) or AgentPresence(agent=a, online=False)
-            for a in conversation.members
-            if a not in seen
-        ]
-        return [m.AgentOut(**msgspec.to_builtins(p)) for p in (*online, *offline)]
-
-    @app.get(
-        "/v1/conversations/{group}/{name}/graph",
-        response_model=m.GraphOut,
-        responses={**ERRORS, **NOT_FOUND},
-        summary="The causal graph of a conversation's latest messages: parent links as edges",
-    )
-    async def conversation_graph(
-        group: Segment, name: Segment, _: Admin, limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT)] = 300
-    ) -> m.GraphOut:
-        topic = find(group, name).topic
-        msgs = await _tail(engine, topic, limit)
-        # offset -> deliveries it had (kept in the dead letter, so it survives a restart)
-        dead = {
-            letter.headers.get("tidings-dlq-offset", ""): _int(letter.headers.get("tidings-dlq-attempts"))
-            for letter in await _tail(engine, f"dlq/{topic}", PAGE_LIMIT)
-        }
-        ids = {msg.id for msg in msgs}
-        nodes = [
-            m.GraphNode(
-                id=msg.id,
-                offset=msg.offset or 0,
-                sender=msg.sender,
-                ts=msg.ts,
-                lamport=msg.lamport,
-                parent=msg.parent,
-                redeliveries=max(
-                    stats.redelivered_ids.get((topic, msg.id), 0), dead.get(str(msg.offset), 1) - 1
-                ),
-                dead_letter=str(msg.offset) in dead,
-                preview=_preview(msg.body),
-            )
-            for msg in msgs
-        ]
-        edges = [m.GraphEdge(source=msg.parent, target=msg.id) for msg in msgs if msg.parent in ids]
-        return m.GraphOut(topic=topic, head=await engine.head(topic), nodes=nodes, edges=edges)
-
-    @app.get(
-        "/v1/conversations/{group}/{name}/messages",
-        response_model=m.MessagePage,
-        responses={**ERRORS, **NOT_FOUND},
-        summary="History, read from the engine: messages after offset `from`",
-    )
-    async def conversation_messages(
-        group: Segment,
-        name: Segment,
-        _: Admin,
-        after: Annotated[int, Query(alias="from", ge=0, le=2**53)] = 0,
-        limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT)] = 100,
-    ) -> m.MessagePage:
-        topic = find(group, name).topic
-        trimmed = await engine.trimmed_through(topic)
-        gap = [after + 1, trimmed] if after < trimmed else None
-        msgs = await engine.read(topic, max(after, trimmed), limit)
-        return m.MessagePage(
-            messages=[_message_out(msg) for msg in msgs],
-            next=msgs[-1].offset or after if msgs else max(after, trimmed),
-            head=await engine.head(topic),
-            gap=gap,
-        )
-
-    # -- agents and commands --------------------------------------------------------
-
-    @app.get("/v1/agents", response_model=list[m.AgentOut], responses=ERRORS, summary="Agents and presence")
-    async def list_agents(
-        _: Admin,
-        capability: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-        status: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-        conversation: Annotated[str | None, Query(pattern=m.TOPIC)] = None,
-        online: bool | None = None,
-    ) -> list[m.AgentOut]:
-        found = (await engine.presence_view()).agents(
-            capability=capability, status=status, conversation=conversation, online=online
-        )
-        return [m.AgentOut(**msgspec.to_builtins(p)) for p in found]
-
-    @app.get(
-        "/v1/agents/{agent}",
-        response_model=m.AgentOut,
-        responses={**ERRORS, **NOT_FOUND},
-        summary="One agent's presence",
-    )
-    async def get_agent(agent: AgentId, _: Admin) -> m.AgentOut:
-        found = (await engine.presence_view()).get(_agent_id(agent))
-        if found is None:
-            raise NotFound(f"agent {agent!r} has not been seen since this server started")
-        return m.AgentOut(**msgspec.to_builtins(found))
-
-    async def send_command(
-        agent: str, command: str, args: dict[str, Any], key: str | None, epoch: int | None
-    ) -> m.CommandOut:
-        reserved = {"command", "key", "epoch"} & set(args)
-        if reserved:
-            raise InvalidFrame(f"args may not set {sorted(reserved)}: they are fields of the command")
-        key = key or str(args.get("conversation") or args.get("request") or "agent")
-        topic = commands_topic(agent)
-        async with epochs.lock(agent):
-            epoch = await epochs.next(agent, epoch)
-            msg = Msg(
-                topic=topic,
-                id=uuid.uuid4().hex,
-                sender=SYSTEM_SENDER,
-                ts=_now_ms(),
-                body={"command": command, "key": key, "epoch": epoch, **args},
-            )
-            result = await engine.publish(msg)
-        return m.CommandOut(
-            agent=agent,
-            id=msg.id,
-            command=command,
-            key=key,
-            epoch=epoch,
-            offset=result.offset,
-            online=(await engine.presence_view()).is_online(agent),
-            acked=False,
-        )
-
-    @app.post(
-        "/v1/agents/{agent}/commands",
-        status_code=202,
-        response_model=m.CommandOut,
-        responses=ERRORS,
-        summary="Send a command: stored on ctl/<agent>/commands, delivered on the priority lane",
-    )
-    async def post_command(agent: AgentId, body: m.CommandIn, _: Admin) -> m.CommandOut:
-        validate_pattern(commands_topic(_agent_id(agent)))
-        return await send_command(agent, body.command, body.args, body.key, body.epoch)
-
-    @app.get(
-        "/v1/agents/{agent}/commands/{offset}",
-        response_model=m.CommandOut,
-        responses={**ERRORS, **NOT_FOUND},
-        summary="A command sent earlier, and whether the agent has acknowledged it",
-    )
-    async def get_command(
-        agent: AgentId, offset: Annotated[int, PathParam(ge=1, le=2**53)], _: Admin
-    ) -> m.CommandOut:
-        topic = commands_topic(_agent_id(agent))
-        found = await engine.read(topic, offset - 1, 1)
-        if not found or found[0].offset != offset:
-            raise NotFound(f"no command at offset {offset} of {topic}")
-        msg = found[0]
-        body = msg.body if isinstance(msg.body, dict) else {}
-        epoch = body.get("epoch")
-        return m.CommandOut(
-            agent=agent,
-            id=msg.id,
-            command=str(body.get("command", "")),
-            key=str(body.get("key", "")),
-            epoch=epoch if isinstance(epoch, int) else 0,
-            offset=offset,
-            online=(await engine.presence_view()).is_online(agent),
-            acked=await _acked(engine, agent, topic, offset),
-        )
-
-    # -- tokens ---------------------------------------------------------------
-
-    @app.post(
-        "/v1/tokens", status_code=201, response_model=m.TokenOut, responses=ERRORS, summary="Mint a token"
-    )
-    async def mint_token(body: m.TokenIn, _: Admin) -> m.TokenOut:
-        agent = _agent_id(body.agent)
-        for pattern in (*body.pub, *body.subs):
-            validate_pattern(pattern)
-        token = authority.mint(agent, body.pub, body.subs, ttl=body.ttl_s, admin=body.admin)
-        grants = authority.verify(token)
-        assert grants.expires_at is not None
-        return m.TokenOut(token=token, jti=grants.jti, agent=agent, expires_ms=int(grants.expires_at * 1000))
-
-    @app.delete(
-        "/v1/tokens/{jti}",
-        response_model=m.Revoked,
-        responses=ERRORS,
-        summary="Revoke a token: its connections close within a second; it is refused from now on",
-    )
-    async def revoke_token(
-        jti: Annotated[str, PathParam(pattern="^[A-Za-z0-9_-]{1,128}$")], _: Admin
-    ) -> m.Revoked:
-        if not catalog.is_revoked(jti):
-            await catalog.revoke(jti, 0)
-        return m.Revoked(jti=jti)
-
+    commands = Commands(engine)
+    app.include_router(conversations_router(engine, catalog, stats, commands))
+    app.include_router(agents_router(engine, commands))
+    app.include_router(tokens_router(authority, catalog))
     return app
-
-
-def admin(request: Request) -> str:
-    """The dependency of every admin route: a valid, unrevoked admin token. Returns its agent."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("send 'Authorization: Bearer <admin token>'")
-    grants = request.app.state.authority.verify(token.strip())
-    if request.app.state.catalog.is_revoked(grants.jti):
-        raise Unauthorized("token has been revoked")
-    if not grants.admin:
-        raise Forbidden(f"agent {grants.agent!r} holds no admin token")
-    return str(grants.agent)
-
-
-Admin = Annotated[str, Depends(admin)]
-
-
-class _Epochs:
-    """Fencing epochs per agent: strictly increasing, above every command already stored."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._last: dict[str, int] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def lock(self, agent: str) -> asyncio.Lock:
-        return self._locks.setdefault(agent, asyncio.Lock())
-
-    async def next(self, agent: str, wanted: int | None) -> int:
-        floor = max(self._last.get(agent, 0), await self._engine.head(commands_topic(agent)))
-        epoch = floor + 1 if wanted is None else wanted
-        self._last[agent] = max(floor, epoch)
-        return epoch
-
-
-async def _acked(engine: Engine, agent: str, topic: str, offset: int) -> bool:
-    state = await engine.load_cursor(consumer_key(agent, COMMAND_CONSUMER, f"ctl/{agent}/>"))
-    cursor = state.topics.get(topic) if state is not None else None
-    return cursor is not None and (offset <= cursor.floor or offset in cursor.acked)
-
-
-def _agent_id(agent: str) -> str:
-    try:
-        return validate_agent_id(agent)
-    except ValueError as exc:
-        raise InvalidFrame(str(exc)) from None
-
-
-def _message_out(msg: Msg) -> m.MessageOut:
-    return m.MessageOut(
-        topic=msg.topic,
-        id=msg.id,
-        sender=msg.sender,
-        ts=msg.ts,
-        offset=msg.offset or 0,
-        body=msg.body,
-        parent=msg.parent,
-        lamport=msg.lamport,
-        headers=msg.headers,
-    )
-
-
-async def _tail(engine: Engine, topic: str, limit: int) -> list[Msg]:
-    """The latest ``limit`` retained messages of ``topic``, oldest first."""
-    out: list[Msg] = []
-    after = await engine.trimmed_through(topic)
-    while batch := await engine.read(topic, after, PAGE_LIMIT):
-        out.extend(batch)
-        del out[:-limit]
-        after = batch[-1].offset or after
-    return out
-
-
-def _int(text: str | None) -> int:
-    try:
-        return int(text or 0)
-    except ValueError:
-        return 0
-
-
-def _preview(body: Any, size: int = 80) -> str:
-    text = body if isinstance(body, str) else msgspec.json.encode(body).decode(errors="replace")
-    return text if len(text) <= size else text[: size - 1] + "…"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -107,6 +107,9 @@ class Engine(ABC):
     peers: Peers | None = None
 
     _presence: PresenceTable | None = None
+    #: who ``on_commit`` and ``on_ephemeral`` registered (each engine calls them)
+    _commit_callbacks: list[tuple[CommitCallback, Callable[[str], bool] | None]]
+    _ephemeral_callbacks: list[EphemeralCallback]
 
     @property
     def presence(self) -> PresenceTable:
@@ -156,7 +159,6 @@ class Engine(ABC):
     def publish_ephemeral(self, msg: Msg) -> None:
         """Hand an ephemeral message to every gateway's ephemeral callback."""
 
-    @abstractmethod
     def on_commit(self, callback: CommitCallback, interested: Callable[[str], bool] | None = None) -> None:
         """Call ``callback`` with every message once durable, per topic in offset order.
 
@@ -168,10 +170,11 @@ class Engine(ABC):
         holds what the callback passes while its ``read`` is in flight, then
         merges both by offset, sees no gap and no repeat.
         """
+        self._commit_callbacks.append((callback, interested))
 
-    @abstractmethod
     def on_ephemeral(self, callback: EphemeralCallback) -> None:
         """Call ``callback`` with every ephemeral message published on any gateway."""
+        self._ephemeral_callbacks.append(callback)
 
     # -- reading ------------------------------------------------------------
 

@@ -169,12 +169,6 @@ class EmbeddedEngine(Engine):
         for callback in self._ephemeral_callbacks:
             callback(msg)
 
-    def on_commit(self, callback: CommitCallback, interested: Callable[[str], bool] | None = None) -> None:
-        self._commit_callbacks.append((callback, interested))
-
-    def on_ephemeral(self, callback: EphemeralCallback) -> None:
-        self._ephemeral_callbacks.append(callback)
-
     # -- reading ------------------------------------------------------------
 
     # Each answers from memory or the page cache without suspending, so a

@@ -34,11 +34,10 @@ from tidings.errors import (
 )
 from tidings.gateway.subscription import Subscription
 from tidings.gateway.websocket import Reassembly, close_reply, has_reserved_bits
-from tidings.metrics import namespace_of
 from tidings.presence import checked_capabilities, checked_status
 from tidings.protocol import frames as f
 from tidings.protocol.session import CloseCode, ServerSession, State, error_frame
-from tidings.protocol.topics import is_durable, is_wildcard, validate_pattern, validate_topic
+from tidings.protocol.topics import is_durable, is_wildcard, namespace_of, validate_pattern, validate_topic
 from tidings.tracing import TRACEPARENT
 
 if TYPE_CHECKING:

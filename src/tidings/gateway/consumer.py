@@ -36,9 +36,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from tidings.config import NamespacePolicy
 from tidings.engine.base import CursorState, TopicCursor
-from tidings.metrics import namespace_of
 from tidings.protocol import frames as f
-from tidings.protocol.topics import is_durable
+from tidings.protocol.topics import is_durable, namespace_of
 from tidings.tracing import TRACEPARENT
 
 if TYPE_CHECKING:

@@ -20,9 +20,9 @@ from tidings.errors import NotSupported
 from tidings.gateway.consumer import Consumer, Pending, Phase
 from tidings.gateway.router import Router
 from tidings.gateway.sharing import Proxy, Sharing
-from tidings.metrics import GatewayStats, namespace_of
+from tidings.metrics import GatewayStats
 from tidings.protocol import frames as f
-from tidings.protocol.topics import DURABLE_NAMESPACES, validate_topic
+from tidings.protocol.topics import DURABLE_NAMESPACES, namespace_of, validate_topic
 from tidings.tracing import Tracer
 
 if TYPE_CHECKING:

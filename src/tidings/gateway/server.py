@@ -40,11 +40,12 @@ from tidings.gateway.limits import Limiter
 from tidings.gateway.router import Router
 from tidings.gateway.subscription import Subscription
 from tidings.log.types import RetentionPolicy
-from tidings.metrics import GatewayStats, namespace_of
+from tidings.metrics import GatewayStats
 from tidings.presence import PresenceEvent
 from tidings.protocol import frames as f
 from tidings.protocol.codec import JSON, SUBPROTOCOLS, negotiate
 from tidings.protocol.session import CloseCode
+from tidings.protocol.topics import namespace_of
 from tidings.tracing import TRACEPARENT, Tracer
 
 log = logging.getLogger("tidings.gateway")

@@ -119,7 +119,7 @@ def covers(grant: str, pattern: str) -> bool:
     return len(g) == len(p)
 
 
-def namespace(topic: str) -> str:
+def namespace_of(topic: str) -> str:
     return topic.split("/", 1)[0]
 
 
@@ -128,7 +128,7 @@ def group(topic: str) -> str:
 
 
 def is_durable(topic: str) -> bool:
-    return namespace(topic) in DURABLE_NAMESPACES
+    return namespace_of(topic) in DURABLE_NAMESPACES
 
 
 def shard_of(topic: str, shards: int) -> int:

@@ -291,12 +291,6 @@ class NatsEngine(Engine):
         for callback in self._ephemeral_callbacks:
             callback(msg)
 
-    def on_commit(self, callback: CommitCallback, interested: Callable[[str], bool] | None = None) -> None:
-        self._commit_callbacks.append((callback, interested))
-
-    def on_ephemeral(self, callback: EphemeralCallback) -> None:
-        self._ephemeral_callbacks.append(callback)
-
     def _announce(self, raw: NatsMsg, seq: int, stored_ns: int) -> None:
         subject, data = raw.subject, raw.data
         topic = topic_of(subject)
