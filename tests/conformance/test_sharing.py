@@ -97,3 +97,16 @@ async def test_a_silent_owner_is_taken_over(nats: Deployment, token: str, group:
     got = await drain(y, 3, timeout=5 * PEER_TIMEOUT)
     assert {m["body"] for m in got} >= {0, 1, 2}
     assert b.consumers.by_key, "b claimed the consumer from the silent owner"
+
+
+async def test_a_member_the_owner_took_for_gone_joins_again(nats: Deployment, token: str, group: str) -> None:
+    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
+    pattern = f"conv/{group}/>"
+    await consume(a.url, token, pattern, max_inflight=1)  # a owns the consumer
+    y = await consume(b.url, token, pattern, max_inflight=1)
+    sharing, peers = a.consumers.sharing, b.engine.peers
+    assert sharing is not None and peers is not None
+    sharing._on_gone(peers.gateway_id)  # a false alarm: b was only slow
+    await publish(await authed(a.url, token), f"conv/{group}/chat", 4)
+    got = await drain(y, 1)  # a told b it let y go; b joined y again
+    assert got, "the member was not left without messages"

@@ -175,6 +175,22 @@ async def test_a_client_that_keeps_sending_refused_frames_is_closed(authority: A
         await gw.stop()
 
 
+async def test_acks_racing_an_unsub_are_answered_but_never_count_as_refusals(
+    authority: Authority, token: str
+) -> None:
+    gw = await start_gateway(authority, max_refusals=5)
+    try:
+        raw = await authed(gw.url, token)
+        acks = [{"op": "ack", "sid": 7, "topic": "conv/g/t", "offset": i} for i in range(1, 21)]
+        await raw.send(*acks)  # a durable subscription this connection just dropped
+        assert {(await raw.recv())["code"] for _ in range(20)} == {"invalid_frame"}
+        await raw.send({"op": "pub", "topic": "sig/a/b", "body": 1, "rid": 1})
+        assert (await raw.expect("puback"))["rid"] == 1, "still open"
+        await raw.close()
+    finally:
+        await gw.stop()
+
+
 async def test_invalid_and_overlong_topics(gateway: Gateway, token: str, bystander: Bystander) -> None:
     raw = await authed(gateway.url, token)
     for i, topic in enumerate(["sig/a", "sig/a b/c", "sig/a/" + "x" * 300, "nope/a/b"]):

@@ -238,7 +238,12 @@ class Connection(WSListener):
                     # a flood of bad handshakes flood the logs too.
                     log.debug("hello refused: %s", exc.message, extra=self.context(code=exc.code))
                     self.session.reject(exc, rid)
-                elif isinstance(exc, CLIENT_FAULTS) and not self._may_refuse():
+                elif (
+                    isinstance(exc, CLIENT_FAULTS)
+                    # an ack racing its unsub is no fault: it is answered, never counted
+                    and not isinstance(frame, f.Ack | f.Nack | f.Progress)
+                    and not self._may_refuse()
+                ):
                     self.gateway.stats.refusal_closes += 1
                     limit = self.gateway.settings.max_refusals
                     self.session.send(error_frame(exc, rid))

@@ -291,7 +291,14 @@ class Consumers:
             key: c.cursor() for key, c in self.by_key.items() if c.acks and (c.cursor_dirty or everything)
         }
         if states:
-            await self.engine.save_cursors(states)
+            try:
+                await self.engine.save_cursors(states)
+            except BaseException:
+                for key in states:  # not saved: still to save, and not to be let go meanwhile
+                    consumer = self.by_key.get(key)
+                    if consumer is not None:
+                        consumer.cursor_dirty = True
+                raise
 
     def _evict_idle(self) -> None:
         """Forget consumers nobody has used for a while once their cursor is saved.

@@ -81,6 +81,14 @@ class Leave(msgspec.Struct, tag="leave", **_NOTE):
     member: str
 
 
+class Dropped(msgspec.Struct, tag="dropped", **_NOTE):
+    """The sender (the owner) no longer has the member attached: it should join again."""
+
+    sender: str
+    key: str
+    member: str
+
+
 class Deliver(msgspec.Struct, tag="deliver", **_NOTE):
     sender: str
     key: str
@@ -112,7 +120,9 @@ class Settle(msgspec.Struct, tag="settle", **_NOTE):
     reason: str = ""
 
 
-Note = Join | Joined | Refused | Leave | Deliver | GapNote | Settle
+Note = Join | Joined | Refused | Leave | Dropped | Deliver | GapNote | Settle
+#: members that left while their join was being accepted, remembered this long (by count)
+LEFT_MEMORY = 1024
 
 
 class RemoteMember:
@@ -222,6 +232,8 @@ class Sharing:
         self.remote: dict[str, RemoteMember] = {}
         self._answers: dict[str, asyncio.Future[Joined | Refused]] = {}
         self._releasing: dict[str, asyncio.Future[None]] = {}
+        #: members whose ``leave`` came before their ``join`` was accepted (insertion-ordered)
+        self._left: dict[str, None] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(Note).decode
@@ -229,6 +241,11 @@ class Sharing:
         peers.on_gone(self._on_gone)
 
     async def stop(self) -> None:
+        """Let the members on other gateways go (their gateways join them elsewhere once this
+        one has said goodbye), so nothing is delivered after the final cursor save."""
+        for remote in list(self.remote.values()):
+            del self.remote[remote.id]
+            self.consumers.leave(remote)
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -309,6 +326,8 @@ class Sharing:
                 proxy.joined = not proxy.left
                 return False
             self.proxies.pop(proxy.id, None)
+            if answer is None:  # it may yet accept the join: undo that if it does
+                self.send(owner, Leave(self.me, proxy.key, proxy.id))
             if proxy.left:
                 return False
             why = answer.reason if answer is not None else f"gateway {owner} did not answer"
@@ -355,10 +374,18 @@ class Sharing:
                 waiting.set_result(note)
         elif isinstance(note, Join):
             self._spawn(asyncio.ensure_future(self._accept(note)))
+        elif isinstance(note, Dropped):
+            proxy = self.proxies.get(note.member)
+            if proxy is not None and proxy.owner == note.sender and proxy.joined:
+                self._spawn(asyncio.ensure_future(self._rejoin(proxy)))
         else:  # Leave
             remote = self.remote.pop(note.member, None)
             if remote is not None:
                 self.consumers.leave(remote)
+            else:  # maybe its join is still being accepted
+                self._left[note.member] = None
+                if len(self._left) > LEFT_MEMORY:
+                    del self._left[next(iter(self._left))]
 
     async def _accept(self, join: Join) -> None:
         """A member on another gateway joins a consumer: attach it if this gateway owns it."""
@@ -382,16 +409,18 @@ class Sharing:
         remote = RemoteMember(self, consumer, join.sender, join.member)
         sub = f.Sub(topic=join.pattern, max_inflight=join.max_inflight, ack_wait_ms=join.ack_wait_ms)
         self.consumers.admit(consumer, remote, sub)
-        if not self.peers.alive(join.sender):  # gone while the consumer opened
-            self.consumers.leave(remote)
+        gave_up = self._left.pop(join.member, False) is None  # it stopped waiting for our answer
+        if gave_up or not self.peers.alive(join.sender):  # or its gateway went meanwhile
+            self.consumers.leave(remote)  # the consumer idles out if nobody else is here
             return
         self.remote[join.member] = remote
         self.send(join.sender, Joined(self.me, join.key, join.member))
 
     def _on_settle(self, note: Settle) -> None:
         remote = self.remote.get(note.member)
-        if remote is None:
-            return  # it left, or this gateway no longer owns its consumer: ack_wait repairs it
+        if remote is None:  # let go here (its gateway was taken for gone?): it should join again
+            self.send(note.sender, Dropped(self.me, note.key, note.member))
+            return
         consumer = remote.consumer
         if note.kind == "ack":
             consumer.ack(remote, f.Ack(0, note.topic, note.offset, note.queued_us, note.handled_us))
@@ -406,5 +435,7 @@ class Sharing:
         for remote in [r for r in self.remote.values() if r.gateway == gateway]:
             del self.remote[remote.id]
             self.consumers.leave(remote)
+            # If it was only silent for a while, its proxy joins again when this arrives.
+            self.send(gateway, Dropped(self.me, remote.consumer.key, remote.id))
         for proxy in [p for p in self.proxies.values() if p.owner == gateway and p.joined]:
             self._spawn(asyncio.ensure_future(self._rejoin(proxy)))

@@ -45,7 +45,7 @@ from tidings.engine.nats.subjects import (
     topic_of,
 )
 from tidings.engine.nats.tail import Tail
-from tidings.errors import StorageError
+from tidings.errors import RetryLater, StorageError
 from tidings.leases import LeaseBoard, LeaseWriter
 from tidings.log.types import UNLIMITED, RetentionPolicy
 from tidings.presence import PresenceView
@@ -59,6 +59,8 @@ PRESENCE_BUCKET = "tidings_presence"
 PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
 PRESENCE_PREFIX = f"$KV.{PRESENCE_BUCKET}."
 TRIM_INTERVAL_S = 5.0
+#: in the cursor bucket once the system's topics are in the system stream (``_move_system_topics``)
+MOVED_MARKER = "_tidings_system_stream"
 #: lease writes in flight at once
 LEASE_WRITES = 256
 EPHEMERAL_PREFIX = "tidings.eph."
@@ -161,17 +163,16 @@ class NatsEngine(Engine):
             for shard in range(self.shards):
                 last = await self._ensure_stream(stream_of(ns, shard), f"tidings.{shard}.{ns}.>", policy)
                 self._tails.append(Tail(self, stream_of(ns, shard), last, self._announce))
-        last = await self._ensure_stream(SYSTEM_STREAM, SYSTEM_SUBJECTS, UNLIMITED)
-        if last == 0:
-            await self._move_system_topics()
-            last = int((await self._stream_state(SYSTEM_STREAM, ""))["last_seq"])
-        self._tails.append(Tail(self, SYSTEM_STREAM, last, self._announce))
+        await self._ensure_stream(SYSTEM_STREAM, SYSTEM_SUBJECTS, UNLIMITED)
         js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
         self._kv = await retry(
             f"create bucket {CURSOR_BUCKET}",
             lambda: js.create_key_value(bucket=CURSOR_BUCKET, history=1, replicas=self.replicas),
             for_s=60.0,
         )
+        await self._move_system_topics()
+        last = int((await self._stream_state(SYSTEM_STREAM, ""))["last_seq"])
+        self._tails.append(Tail(self, SYSTEM_STREAM, last, self._announce))
         peers = NatsPeers(self.nc, self.gateway_id, self.replicas, gone_s=self.peer_timeout_s)
         await peers.start()
         self.peers = self._peers = peers
@@ -372,24 +373,30 @@ class NatsEngine(Engine):
         The answer may cover sequences that never were this topic's, never one
         that still is.
         """
-        policy = self._retention(topic)
-        if policy.max_messages is None and policy.max_age_ms is None:
+        own, base = self._retention(topic), self._namespace_policy(topic)
+        count_limit = _least(own.max_messages, base.max_messages)
+        own_age = _tighter(own.max_age_ms, base.max_age_ms)
+        if count_limit is None and base.max_age_ms is None and own_age is None:
             return 0
         subject = subject_of(topic, self.shards)
         state = await self._stream_state(self._stream(topic), subject)
         first = await self._get(topic, {"seq": 1, "next_by_subj": subject})
+        aged_below = int(state["first_seq"]) - 1 if base.max_age_ms is not None else 0
         if first is None:  # nothing retained: all of it was removed, if there ever was any
-            return await self.head(topic) if policy.max_messages == 0 else 0
-        trimmed = 0
-        if policy.max_age_ms is not None:
-            if policy.max_age_ms == self._retention(topic.split("/", 1)[0] + "/_/_").max_age_ms:
-                trimmed = int(state["first_seq"]) - 1
-            else:
-                trimmed = first - 1
+            return max(await self.head(topic), aged_below)
+        trimmed = aged_below
+        if own_age is not None:
+            trimmed = first - 1
         count = int(state.get("subjects", {}).get(subject, 0))
-        if policy.max_messages is not None and count >= policy.max_messages:
+        if count_limit is not None and count >= count_limit:
             trimmed = max(trimmed, first - 1)
         return min(trimmed, first - 1)
+
+    def _namespace_policy(self, topic: str) -> RetentionPolicy:
+        """The limits of the stream ``topic`` lives in (the system stream has none)."""
+        if topic.startswith(SYSTEM_PREFIX):
+            return UNLIMITED
+        return self._retention(topic.split("/", 1)[0] + "/_/_")
 
     async def _stream_state(self, stream: str, subjects_filter: str, offset: int = 0) -> dict[str, Any]:
         request = json.dumps({"subjects_filter": subjects_filter, "offset": offset}).encode()
@@ -448,23 +455,29 @@ class NatsEngine(Engine):
         for topic in self._retained_otherwise():
             if topic.startswith(SYSTEM_PREFIX) or not is_durable(topic):
                 continue
-            policy = self._retention(topic)
-            if policy == self._retention(topic.split("/", 1)[0] + "/_/_"):
-                continue
+            own, base = self._retention(topic), self._namespace_policy(topic)
+            keep = (
+                own.max_messages if _least(own.max_messages, base.max_messages) != base.max_messages else None
+            )
+            age = own.max_age_ms if _least(own.max_age_ms, base.max_age_ms) != base.max_age_ms else None
+            if keep is None and age is None:
+                continue  # the stream's own limits are as tight
             stream, subject = self._stream(topic), subject_of(topic, self.shards)
             state = await self._stream_state(stream, subject)
             if not int(state.get("subjects", {}).get(subject, 0)):
                 continue
-            if policy.max_messages is not None:
-                removed += await self._purge(stream, {"filter": subject, "keep": policy.max_messages})
-            if policy.max_age_ms is not None:
-                cutoff = datetime.fromtimestamp((now_ms - policy.max_age_ms) / 1000, UTC)
+            if keep is not None:
+                removed += await self._purge(stream, {"filter": subject, "keep": keep})
+            if age is not None:
+                # Below the first young message, or below what was last before the lookup: a
+                # message published meanwhile is never purged by a lookup that did not see it.
+                last = await self._get(topic, {"last_by_subj": subject})
+                cutoff = datetime.fromtimestamp((now_ms - age) / 1000, UTC)
                 when = cutoff.isoformat().replace("+00:00", "Z")
                 young = await self._get(topic, {"start_time": when, "next_by_subj": subject})
-                purge: dict[str, Any] = {"filter": subject}
-                if young is not None:
-                    purge["seq"] = young  # everything of the subject below it
-                removed += await self._purge(stream, purge)
+                below = young if young is not None else (last + 1 if last is not None else None)
+                if below is not None:
+                    removed += await self._purge(stream, {"filter": subject, "seq": below})
         return removed
 
     async def _purge(self, stream: str, request: dict[str, Any]) -> int:
@@ -482,18 +495,50 @@ class NatsEngine(Engine):
 
     async def _move_system_topics(self) -> None:
         """Copy the system's topics from where versions before the system stream kept them
-        (the ``ctl`` streams, whose limits could trim them) into the system stream, in order,
-        each message once (its ``Nats-Msg-Id`` dedups a copy made by two gateways at once)."""
+        (the ``ctl`` streams, whose limits could trim them) into the system stream, once.
+
+        Done when the marker ``MOVED_MARKER`` is in the cursor bucket; until then every
+        gateway that starts (none serves before) goes on from what the system stream
+        already holds of each topic, so a copy cut short by a crash or an election is
+        finished, in order, and each message is stored once (its ``Nats-Msg-Id`` also
+        dedups two gateways copying at once).
+        """
+        kv = self._kv
+        assert kv is not None
+
+        async def marker() -> bool:
+            try:
+                await kv.get(MOVED_MARKER)
+                return True
+            except NotFoundError:
+                return False
+
+        if await retry("look up the system stream's marker", marker):
+            return
         tokens = SYSTEM_PREFIX.replace("/", ".")
         for shard in range(self.shards):
             old_stream = stream_of("ctl", shard)
-            async for subject, _ in self._subjects(old_stream, f"tidings.{shard}.{tokens}>"):
-                after = 0
-                while batch := await self._read_subject(old_stream, subject, after, 256):
-                    for msg in batch:
-                        await self.publish(msg)
-                    after = batch[-1].offset or after
-                log.info("moved %s into the system stream", topic_of(subject))
+            async for subject, count in self._subjects(old_stream, f"tidings.{shard}.{tokens}>"):
+                topic = topic_of(subject)
+                new_subject = subject_of(topic, self.shards)
+                state = await self._stream_state(SYSTEM_STREAM, new_subject)
+                done = int(state.get("subjects", {}).get(new_subject, 0))
+                after, seen = 0, 0
+                for _ in range(50):  # a replica answering a direct get may lag the leader's count
+                    while batch := await self._read_subject(old_stream, subject, after, 256):
+                        for msg in batch:
+                            seen += 1
+                            if seen > done:
+                                await self.publish(msg)
+                        after = batch[-1].offset or after
+                    if seen >= count:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RetryLater(f"moving {topic}: read {seen} of its {count} messages", 1000)
+                if seen > done:
+                    log.info("moved %d messages of %s into the system stream", seen - done, topic)
+        await retry("mark the system stream", lambda: kv.put(MOVED_MARKER, b"1"))
 
     # -- presence -----------------------------------------------------------
 
@@ -594,3 +639,13 @@ class NatsEngine(Engine):
             await retry("save a cursor", lambda: kv.put(kv_key(key), msgspec.json.encode(state)))
 
         await asyncio.gather(*(save(k, s) for k, s in states.items()))
+
+
+def _least(a: int | None, b: int | None) -> int | None:
+    """The tighter of two limits (None: no limit)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _tighter(own: int | None, base: int | None) -> int | None:
+    """``own`` if it is a tighter limit than ``base`` (a stream's), else None."""
+    return own if own is not None and (base is None or own < base) else None

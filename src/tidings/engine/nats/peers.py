@@ -128,13 +128,19 @@ class NatsPeers(Peers):
 
     async def _beat(self) -> None:
         me = self.gateway_id.encode()
+        last = time.monotonic()
         while True:
             with contextlib.suppress(NatsError, OSError):
                 await self.nc.publish(ALIVE_SUBJECT, me)
             now = time.monotonic()
+            if now - last > self.gone_s / 2:
+                # This gateway itself stalled (a pause, a reconnect): the others' heartbeats
+                # may still wait unread. Judge them again after a fair chance to be heard.
+                self._seen = dict.fromkeys(self._seen, now)
             for gateway, seen in list(self._seen.items()):
                 if now - seen >= self.gone_s:
                     self._went(gateway, f"not heard from for {now - seen:.1f} s")
+            last = now
             await asyncio.sleep(self.beat_s)
 
     async def _on_alive(self, raw: NatsMsg) -> None:
