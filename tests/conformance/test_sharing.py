@@ -110,3 +110,34 @@ async def test_a_member_the_owner_took_for_gone_joins_again(nats: Deployment, to
     await publish(await authed(a.url, token), f"conv/{group}/chat", 4)
     got = await drain(y, 1)  # a told b it let y go; b joined y again
     assert got, "the member was not left without messages"
+
+
+async def test_an_owner_taken_for_gone_hands_its_consumer_over(
+    nats: Deployment, token: str, group: str
+) -> None:
+    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
+    pattern = f"conv/{group}/>"
+    x = await consume(a.url, token, pattern, max_inflight=1)  # a owns the consumer
+    y = await consume(b.url, token, pattern, max_inflight=1)
+    peers = a.engine.peers
+    assert peers is not None
+    peers._tasks[0].cancel()  # type: ignore[attr-defined]  # a's heartbeats stop; a runs on
+    for _ in range(int(100 * UNIT)):  # b takes it over (y's proxy joins again), then tells a
+        if b.consumers.by_key and not a.consumers.by_key:
+            break
+        await asyncio.sleep(0.1)
+    assert b.consumers.by_key and not a.consumers.by_key, "one owner, not two"
+    await publish(await authed(b.url, token), f"conv/{group}/chat", 6)
+    got: dict[str, list[int]] = {"x": [], "y": []}
+
+    async def work(name: str, raw: Raw) -> None:
+        while True:
+            try:
+                m = await raw.expect("msg", timeout=2)
+            except TimeoutError:
+                return
+            got[name].append(m["body"])
+            await ack(raw, m)
+
+    await asyncio.gather(work("x", x), work("y", y))
+    assert sorted(got["x"] + got["y"]) == list(range(6)), "split between them, each once"

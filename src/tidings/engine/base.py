@@ -85,6 +85,15 @@ class Peers(ABC):
     def on_gone(self, callback: Callable[[str], None]) -> None:
         """Call ``callback`` with each gateway that stopped, or stopped being heard from."""
 
+    @abstractmethod
+    def on_back(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback`` with each gateway heard from again after it was taken for gone."""
+
+    @abstractmethod
+    def on_taken_over(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(name, previous owner)`` when a claim took ``name`` over from a
+        gateway taken for gone (which may yet be alive and think it still owns it)."""
+
 
 #: Called with each newly durable message, per topic in offset order.
 CommitCallback = Callable[[Msg], None]

@@ -159,6 +159,13 @@ class Consumers:
             raise
         return consumer
 
+    def drop(self, consumer: Consumer) -> None:
+        """Stop running ``consumer`` here at once, without saving its cursor (another gateway
+        owns it now); its members are the caller's to move."""
+        for member in list(consumer.members):
+            consumer.members.remove(member)
+        self._remove(consumer)
+
     def _remove(self, consumer: Consumer) -> None:
         consumer.close()
         self.router.remove(consumer)

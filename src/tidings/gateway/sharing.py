@@ -33,12 +33,12 @@ import msgspec
 
 from tidings.engine.base import Peers
 from tidings.errors import RetryLater, StorageError, TidingsError
+from tidings.gateway.subscription import Subscription
 from tidings.protocol import frames as f
 
 if TYPE_CHECKING:
     from tidings.gateway.consumer import Consumer
     from tidings.gateway.consumers import Consumers
-    from tidings.gateway.subscription import Subscription
 
 log = logging.getLogger("tidings.gateway")
 
@@ -89,6 +89,13 @@ class Dropped(msgspec.Struct, tag="dropped", **_NOTE):
     member: str
 
 
+class TookOver(msgspec.Struct, tag="took_over", **_NOTE):
+    """The sender owns the consumer now: it took it over while the receiver was taken for gone."""
+
+    sender: str
+    key: str
+
+
 class Deliver(msgspec.Struct, tag="deliver", **_NOTE):
     sender: str
     key: str
@@ -120,7 +127,7 @@ class Settle(msgspec.Struct, tag="settle", **_NOTE):
     reason: str = ""
 
 
-Note = Join | Joined | Refused | Leave | Dropped | Deliver | GapNote | Settle
+Note = Join | Joined | Refused | Leave | Dropped | TookOver | Deliver | GapNote | Settle
 #: members that left while their join was being accepted, remembered this long (by count)
 LEFT_MEMORY = 1024
 
@@ -237,8 +244,12 @@ class Sharing:
         self._tasks: set[asyncio.Future[None]] = set()
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(Note).decode
+        #: gateway taken for gone -> consumers this gateway took over from it
+        self._taken: dict[str, set[str]] = {}
         peers.on_message(self._on_note)
         peers.on_gone(self._on_gone)
+        peers.on_back(self._on_back)
+        peers.on_taken_over(self._on_taken_over)
 
     async def stop(self) -> None:
         """Let the members on other gateways go (their gateways join them elsewhere once this
@@ -374,6 +385,8 @@ class Sharing:
                 waiting.set_result(note)
         elif isinstance(note, Join):
             self._spawn(asyncio.ensure_future(self._accept(note)))
+        elif isinstance(note, TookOver):
+            self._hand_over(note.key, note.sender)
         elif isinstance(note, Dropped):
             proxy = self.proxies.get(note.member)
             if proxy is not None and proxy.owner == note.sender and proxy.joined:
@@ -430,6 +443,45 @@ class Sharing:
             consumer.progress(remote, note.topic, note.offset)
         else:
             consumer.undeliverable(remote, note.topic, note.offset, note.reason)
+
+    # -- a takeover while the previous owner still ran ----------------------------
+
+    def _on_taken_over(self, key: str, previous: str) -> None:
+        """This gateway took ``key`` over from ``previous``, taken for gone: if it is only slow,
+        it must stop running the consumer. Told now, and again when it is heard from."""
+        if previous:
+            self._taken.setdefault(previous, set()).add(key)
+            self.send(previous, TookOver(self.me, key))
+
+    def _on_back(self, gateway: str) -> None:
+        for key in self._taken.pop(gateway, ()):
+            if key in self.consumers.by_key:
+                self.send(gateway, TookOver(self.me, key))
+
+    def _hand_over(self, key: str, owner: str) -> None:
+        """``owner`` took consumer ``key`` over: stop running it here (its cursor is the new
+        owner's now, so it is not saved) and join its members to the new owner."""
+        consumer = self.consumers.by_key.get(key)
+        if consumer is None:
+            return
+        log.warning("gateway %s runs consumer %r now (this one was taken for gone): handing over", owner, key)
+        members = list(consumer.members)
+        self.consumers.drop(consumer)
+        for member in members:
+            if isinstance(member, RemoteMember):
+                self.remote.pop(member.id, None)
+                self.send(member.gateway, Dropped(self.me, key, member.id))
+            elif isinstance(member, Subscription):
+                sub = f.Sub(
+                    topic=member.pattern,
+                    consumer=consumer.name,
+                    max_inflight=member.max_inflight,
+                    ack_wait_ms=consumer.policy.ack_wait_ms,
+                )
+                proxy = Proxy(self, member, key, sub)
+                proxy.owner = owner
+                member.consumer, member.inflight = proxy, 0
+                self._spawn(asyncio.ensure_future(self._rejoin(proxy)))
 
     def _on_gone(self, gateway: str) -> None:
         for remote in [r for r in self.remote.values() if r.gateway == gateway]:

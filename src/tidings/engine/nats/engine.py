@@ -513,7 +513,8 @@ class NatsEngine(Engine):
             except NotFoundError:
                 return False
 
-        if await retry("look up the system stream's marker", marker):
+        # At start-up, on a cluster that may still be electing leaders: wait as stream creation does.
+        if await retry("look up the system stream's marker", marker, for_s=60.0):
             return
         tokens = SYSTEM_PREFIX.replace("/", ".")
         for shard in range(self.shards):
@@ -538,7 +539,7 @@ class NatsEngine(Engine):
                     raise RetryLater(f"moving {topic}: read {seen} of its {count} messages", 1000)
                 if seen > done:
                     log.info("moved %d messages of %s into the system stream", seen - done, topic)
-        await retry("mark the system stream", lambda: kv.put(MOVED_MARKER, b"1"))
+        await retry("mark the system stream", lambda: kv.put(MOVED_MARKER, b"1"), for_s=60.0)
 
     # -- presence -----------------------------------------------------------
 

@@ -71,6 +71,8 @@ class NatsPeers(Peers):
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._message_callbacks: list[Callable[[bytes], None]] = []
         self._gone_callbacks: list[Callable[[str], None]] = []
+        self._back_callbacks: list[Callable[[str], None]] = []
+        self._takeover_callbacks: list[Callable[[str, str], None]] = []
         self._subs: list[NatsSubscription] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -148,7 +150,12 @@ class NatsPeers(Peers):
         if gateway == self.gateway_id:
             return
         if gateway not in self._seen:  # a newcomer: tell it at once that this gateway is here
+            back = gateway in self._gone
             self._gone.discard(gateway)
+            self._seen[gateway] = time.monotonic()
+            if back:
+                log.info("gateway %s is back", gateway)
+                self._tell(self._back_callbacks, gateway)
             with contextlib.suppress(NatsError, OSError):
                 await self.nc.publish(ALIVE_SUBJECT, self.gateway_id.encode())
         self._seen[gateway] = time.monotonic()
@@ -164,14 +171,24 @@ class NatsPeers(Peers):
             return
         self._gone.add(gateway)
         log.info("gateway %s is gone: %s", gateway, why)
-        for callback in self._gone_callbacks:
+        self._tell(self._gone_callbacks, gateway)
+
+    @staticmethod
+    def _tell(callbacks: list[Callable[..., None]], *args: str) -> None:
+        for callback in callbacks:
             try:
-                callback(gateway)
+                callback(*args)
             except Exception:
-                log.exception("handling the loss of gateway %s failed", gateway)
+                log.exception("handling news of gateway %s failed", args[-1])
 
     def on_gone(self, callback: Callable[[str], None]) -> None:
         self._gone_callbacks.append(callback)
+
+    def on_back(self, callback: Callable[[str], None]) -> None:
+        self._back_callbacks.append(callback)
+
+    def on_taken_over(self, callback: Callable[[str, str], None]) -> None:
+        self._takeover_callbacks.append(callback)
 
     # -- ownership ----------------------------------------------------------
 
@@ -203,6 +220,7 @@ class NatsPeers(Peers):
             try:
                 self._claims[name] = await self._take_over(key, entry.revision or 0)
                 log.info("took over consumer %r from gateway %s, which is gone", name, owner)
+                self._tell(self._takeover_callbacks, name, owner)
                 return self.gateway_id
             except _Conflict:
                 continue
