@@ -339,6 +339,7 @@ class Sharing:
             self.proxies.pop(proxy.id, None)
             if answer is None:  # it may yet accept the join: undo that if it does
                 self.send(owner, Leave(self.me, proxy.key, proxy.id))
+            proxy.id = f"{self.me}.{next(self.ids)}"  # the next try is a new member, not undone by that
             if proxy.left:
                 return False
             why = answer.reason if answer is not None else f"gateway {owner} did not answer"
