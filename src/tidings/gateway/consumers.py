@@ -102,8 +102,8 @@ class Consumers:
         caller must ``leave`` if the member is gone by the time this returns.
         """
         self.check(member.pattern)
-        policy = self._policy_of(member.pattern)
         if sub.consumer is None:
+            policy = self._policy_of(member.pattern)
             consumer = Consumer(self, f"reader\x00{id(member)}", member.pattern, policy, False)
             self.router.add(consumer)
             try:
@@ -117,7 +117,7 @@ class Consumers:
                 proxy = await self.sharing.join(member, sub, key)
                 if proxy is not None:
                     return proxy
-            consumer = self.by_key.get(key) or await self._opened(key, member.pattern, policy, sub.start)
+            consumer = await self.durable(key, member.pattern, sub.start)
         self.admit(consumer, member, sub)
         return consumer
 
@@ -133,8 +133,9 @@ class Consumers:
         first = pattern.split("/", 1)[0]
         return self.policy(pattern if first in DURABLE_NAMESPACES else "conv/_/_")
 
-    async def open_shared(self, key: str, pattern: str, start: f.Start | None) -> Consumer:
-        """Durable consumer ``key``, opened here (this gateway owns it) for a member here or elsewhere."""
+    async def durable(self, key: str, pattern: str, start: f.Start | None) -> Consumer:
+        """Durable consumer ``key`` as run here, opened (resumed from its cursor) if need be,
+        for a member here or, when this gateway owns it, on another gateway."""
         return self.by_key.get(key) or await self._opened(key, pattern, self._policy_of(pattern), start)
 
     async def _opened(

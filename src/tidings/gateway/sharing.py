@@ -358,7 +358,7 @@ class Sharing:
                 if proxy.left:
                     return
                 self.proxies.pop(proxy.id, None)
-                consumer = await self.consumers.open_shared(proxy.key, proxy.member.pattern, proxy.sub.start)
+                consumer = await self.consumers.durable(proxy.key, proxy.member.pattern, proxy.sub.start)
                 proxy.member.consumer = consumer
                 self.consumers.admit(consumer, proxy.member, proxy.sub)
                 if proxy.left:  # its connection went meanwhile: let the consumer idle out
@@ -414,7 +414,7 @@ class Sharing:
                 if owner != self.me:
                     self.send(join.sender, Refused(self.me, join.key, join.member, owner, f"{owner} owns it"))
                     return
-                consumer = await self.consumers.open_shared(join.key, join.pattern, join.start)
+                consumer = await self.consumers.durable(join.key, join.pattern, join.start)
         except TidingsError as exc:
             self.send(join.sender, Refused(self.me, join.key, join.member, "", str(exc)))
             return
