@@ -17,7 +17,7 @@ import pytest
 from tests.conformance.conftest import Deployment
 from tests.conformance.test_contract import ack, consume
 from tests.conftest import UNIT
-from tests.gateway.test_durable import publish
+from tests.gateway.test_durable import ack_until_quiet, publish
 from tests.gateway.wsclient import Raw, authed
 from tidings.auth import Authority
 from tidings.cluster import NatsCluster
@@ -31,6 +31,16 @@ async def nats(authority: Authority, tmp_path: Path, nats_cluster: NatsCluster) 
     d = Deployment("nats", authority, tmp_path / "data", nats_cluster)
     yield d
     await d.stop()
+
+
+async def owner_and_member(nats: Deployment, token: str, group: str) -> tuple[Gateway, Gateway, Raw, Raw]:
+    """Gateways a and b; a member x of one consumer on a (which owns it) and a member y on b
+    (which joins it through a), each with one message in flight at most."""
+    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
+    pattern = f"conv/{group}/>"
+    x = await consume(a.url, token, pattern, max_inflight=1)
+    y = await consume(b.url, token, pattern, max_inflight=1)
+    return a, b, x, y
 
 
 async def stop(deployment: Deployment, gw: Gateway) -> None:
@@ -51,10 +61,7 @@ async def drain(raw: Raw, bodies: int, timeout: float = 10.0) -> list[dict[str, 
 async def test_a_member_keeps_going_when_the_owning_gateway_stops(
     nats: Deployment, token: str, group: str
 ) -> None:
-    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
-    pattern = f"conv/{group}/>"
-    x = await consume(a.url, token, pattern, max_inflight=1)  # a owns the consumer
-    y = await consume(b.url, token, pattern, max_inflight=1)  # joins it through b
+    a, b, x, y = await owner_and_member(nats, token, group)
     assert a.consumers.by_key and not b.consumers.by_key
     await publish(await authed(b.url, token), f"conv/{group}/chat", 4)
     mx, my = [await raw.expect("msg") for raw in (x, y)]
@@ -72,10 +79,7 @@ async def test_a_member_keeps_going_when_the_owning_gateway_stops(
 async def test_a_member_s_messages_go_to_the_others_when_its_gateway_stops(
     nats: Deployment, token: str, group: str
 ) -> None:
-    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
-    pattern = f"conv/{group}/>"
-    x = await consume(a.url, token, pattern, max_inflight=1)
-    y = await consume(b.url, token, pattern, max_inflight=1)
+    a, b, x, y = await owner_and_member(nats, token, group)
     await publish(await authed(a.url, token), f"conv/{group}/chat", 2)
     mx, my = [await raw.expect("msg") for raw in (x, y)]
     await stop(nats, b)  # long before ack_wait (30 s), y's message goes to x
@@ -85,10 +89,7 @@ async def test_a_member_s_messages_go_to_the_others_when_its_gateway_stops(
 
 
 async def test_a_silent_owner_is_taken_over(nats: Deployment, token: str, group: str) -> None:
-    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
-    pattern = f"conv/{group}/>"
-    await consume(a.url, token, pattern, max_inflight=1)
-    y = await consume(b.url, token, pattern, max_inflight=1)
+    a, b, _, y = await owner_and_member(nats, token, group)
     peers = a.engine.peers
     assert peers is not None
     for task in peers._tasks:  # type: ignore[attr-defined]  # a hangs: no heartbeat, no message
@@ -100,10 +101,7 @@ async def test_a_silent_owner_is_taken_over(nats: Deployment, token: str, group:
 
 
 async def test_a_member_the_owner_took_for_gone_joins_again(nats: Deployment, token: str, group: str) -> None:
-    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
-    pattern = f"conv/{group}/>"
-    await consume(a.url, token, pattern, max_inflight=1)  # a owns the consumer
-    y = await consume(b.url, token, pattern, max_inflight=1)
+    a, b, _, y = await owner_and_member(nats, token, group)
     sharing, peers = a.consumers.sharing, b.engine.peers
     assert sharing is not None and peers is not None
     sharing._on_gone(peers.gateway_id)  # a false alarm: b was only slow
@@ -115,10 +113,7 @@ async def test_a_member_the_owner_took_for_gone_joins_again(nats: Deployment, to
 async def test_an_owner_taken_for_gone_hands_its_consumer_over(
     nats: Deployment, token: str, group: str
 ) -> None:
-    a, b = await nats.start(2, peer_timeout=PEER_TIMEOUT)
-    pattern = f"conv/{group}/>"
-    x = await consume(a.url, token, pattern, max_inflight=1)  # a owns the consumer
-    y = await consume(b.url, token, pattern, max_inflight=1)
+    a, b, x, y = await owner_and_member(nats, token, group)
     peers = a.engine.peers
     assert peers is not None
     peers._tasks[0].cancel()  # type: ignore[attr-defined]  # a's heartbeats stop; a runs on
@@ -128,16 +123,5 @@ async def test_an_owner_taken_for_gone_hands_its_consumer_over(
         await asyncio.sleep(0.1)
     assert b.consumers.by_key and not a.consumers.by_key, "one owner, not two"
     await publish(await authed(b.url, token), f"conv/{group}/chat", 6)
-    got: dict[str, list[int]] = {"x": [], "y": []}
-
-    async def work(name: str, raw: Raw) -> None:
-        while True:
-            try:
-                m = await raw.expect("msg", timeout=2)
-            except TimeoutError:
-                return
-            got[name].append(m["body"])
-            await ack(raw, m)
-
-    await asyncio.gather(work("x", x), work("y", y))
-    assert sorted(got["x"] + got["y"]) == list(range(6)), "split between them, each once"
+    got_x, got_y = await asyncio.gather(ack_until_quiet(x, 2), ack_until_quiet(y, 2))
+    assert sorted(got_x + got_y) == list(range(6)), "split between them, each once"

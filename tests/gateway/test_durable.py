@@ -34,6 +34,18 @@ async def collect(raw: Raw, n: int, op: str = "msg") -> list[dict[str, Any]]:
     return [await raw.expect(op) for _ in range(n)]
 
 
+async def ack_until_quiet(raw: Raw, quiet: float) -> list[Any]:
+    """Ack each message as it comes until none has come for ``quiet`` seconds; return their bodies."""
+    bodies: list[Any] = []
+    while True:
+        try:
+            m = await raw.expect("msg", timeout=quiet)
+        except TimeoutError:
+            return bodies
+        bodies.append(m["body"])
+        await raw.send({"op": "ack", "sid": m["sid"], "topic": m["topic"], "offset": m["offset"]})
+
+
 async def test_puback_offsets_increase_and_duplicates_are_not_stored(gw: Gateway, token: str) -> None:
     raw = await authed(gw.url, token)
     acks = await publish(raw, "conv/t1/chat", 10)
@@ -277,18 +289,7 @@ async def test_one_consumer_on_two_connections_splits_the_work(gw: Gateway, toke
     b = await consume(gw.url, token, "conv/c6/>")
     pub = await authed(gw.url, token)
     await publish(pub, "conv/c6/chat", 40)
-    got: dict[str, list[int]] = {"a": [], "b": []}
-
-    async def drain(name: str, raw: Raw) -> None:
-        while True:
-            try:
-                m = await raw.expect("msg", timeout=0.5)
-            except TimeoutError:
-                return
-            got[name].append(m["body"])
-            await raw.send({"op": "ack", "sid": m["sid"], "topic": m["topic"], "offset": m["offset"]})
-
-    await asyncio.gather(drain("a", a), drain("b", b))
+    got = dict(zip("ab", await asyncio.gather(ack_until_quiet(a, 0.5), ack_until_quiet(b, 0.5)), strict=True))
     assert sorted(got["a"] + got["b"]) == list(range(40)), "every message once"
     assert got["a"]
     assert got["b"], "both connections got a share"
