@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ import tidings
 from tests.conftest import UNIT, start_gateway
 from tests.gateway.wsclient import Raw, authed
 from tidings.auth import Authority
+from tidings.engine import PublishResult
 from tidings.engine.embedded import EmbeddedEngine
 from tidings.errors import RetryLater
 from tidings.gateway import Gateway
+from tidings.log.shard import settle
 from tidings.metrics import percentile
 from tidings.protocol.frames import Msg
 
@@ -75,15 +78,20 @@ async def test_a_full_shard_write_queue_refuses_with_retry_later(tmp_path: Path)
     engine = EmbeddedEngine(tmp_path, shards=1, max_write_queue=5)
     await engine.start()
     try:
-        accepted, refused = [], 0
+        accepted: list[asyncio.Future[PublishResult]] = []
+        refused = 0
         for i in range(20):  # queued in one loop turn: the writer has not run yet
+            future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+            msg = Msg(topic="conv/q/x", id=f"m{i}", sender="s", ts=0, body=i)
             try:
-                accepted.append(engine.submit(Msg(topic="conv/q/x", id=f"m{i}", sender="s", ts=0, body=i)))
+                engine.submit(msg, partial(settle, future))
             except RetryLater as exc:
                 refused += 1
                 assert exc.retry_after_ms > 0
+            else:
+                accepted.append(future)
         assert len(accepted) == 5 and refused == 15
-        await asyncio.gather(*accepted)
+        assert [r.offset for r in await asyncio.gather(*accepted)] == [1, 2, 3, 4, 5]
         assert [m.body for m in await engine.read("conv/q/x", 0)] == [0, 1, 2, 3, 4]
     finally:
         await engine.stop()

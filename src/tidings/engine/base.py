@@ -8,7 +8,6 @@ reported, never skipped.
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -19,7 +18,10 @@ from tidings.metrics import StorageFigures
 from tidings.presence import PresenceTable, PresenceView
 from tidings.protocol.frames import Msg
 
-__all__ = ["CursorState", "Engine", "Peers", "PublishResult", "TopicCursor", "consumer_key"]
+__all__ = ["CursorState", "Engine", "Peers", "PublishDone", "PublishResult", "TopicCursor", "consumer_key"]
+
+#: Called once with a durable publish's result, or with the exception that failed it.
+PublishDone = Callable[[PublishResult | BaseException], None]
 
 
 def consumer_key(agent: str, name: str, pattern: str) -> str:
@@ -156,13 +158,14 @@ class Engine(ABC):
         stop), ``RetryLater`` (try again), ``InvalidFrame`` (unstorable body).
         """
 
-    def submit(self, msg: Msg) -> asyncio.Future[PublishResult]:
-        """``publish`` as a future, queued in call order (the gateway's path).
+    @abstractmethod
+    def submit(self, msg: Msg, done: PublishDone) -> None:
+        """``publish`` without awaiting it, queued in call order (the gateway's path).
 
-        Errors found at once (an unstorable body) are raised here; the rest
-        arrive through the future. Engines override this to avoid a task.
+        ``done`` is called once, later (never before this returns), with what
+        ``publish`` would return or the exception it would raise. Errors found at
+        once (an unstorable body, a full write queue) are raised here.
         """
-        return asyncio.ensure_future(self.publish(msg))
 
     @abstractmethod
     def publish_ephemeral(self, msg: Msg) -> None:

@@ -23,6 +23,7 @@ from tidings.engine.base import (
     CursorState,
     Engine,
     EphemeralCallback,
+    PublishDone,
     PublishResult,
 )
 from tidings.errors import InvalidFrame, RetryLater
@@ -160,10 +161,10 @@ class EmbeddedEngine(Engine):
     async def publish(self, msg: Msg) -> PublishResult:
         return await self.store.append(msg.topic, msg.id, msg.ts, to_record_payload(msg))
 
-    def submit(self, msg: Msg) -> asyncio.Future[PublishResult]:
+    def submit(self, msg: Msg, done: PublishDone) -> None:
         if self.store.queue_depth(msg.topic) >= self.max_write_queue:
             raise RetryLater(f"the log shard of {msg.topic!r} has {self.max_write_queue} appends queued", 20)
-        return self.store.submit(msg.topic, msg.id, msg.ts, to_record_payload(msg))
+        self.store.submit(msg.topic, msg.id, msg.ts, to_record_payload(msg), done)
 
     def publish_ephemeral(self, msg: Msg) -> None:
         for callback in self._ephemeral_callbacks:

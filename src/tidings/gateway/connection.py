@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -484,9 +485,8 @@ class Connection(WSListener):
             span.set_attribute("messaging.destination", topic)
             span.set_attribute("messaging.message.id", msg_id)
         if durable:
-            stored = gateway.engine.submit(msg)
+            gateway.engine.submit(msg, partial(self._published, topic, msg_id, pub.rid, span))
             self._unacked += 1
-            stored.add_done_callback(lambda task: self._published(task, topic, msg_id, pub.rid, span))
             return
         try:
             gateway.engine.publish_ephemeral(msg)
@@ -510,7 +510,7 @@ class Connection(WSListener):
             self._may_publish.add(topic)
 
     def _published(
-        self, task: asyncio.Future[PublishResult], topic: str, msg_id: str, rid: int | None, span: Any = None
+        self, topic: str, msg_id: str, rid: int | None, span: Any, result: PublishResult | BaseException
     ) -> None:
         """A durable publish finished: answer with ``puback`` (only now: it is on disk) or the error."""
         self._unacked -= 1
@@ -518,15 +518,15 @@ class Connection(WSListener):
             span.end()
         if self.session.state is not State.OPEN:
             return
-        exc = None if task.cancelled() else task.exception()
-        if task.cancelled() or exc is not None:
-            error = exc if isinstance(exc, TidingsError) else StorageError(f"publish failed: {exc!r}")
-            if not isinstance(exc, TidingsError):
-                log.error("durable publish of %s failed: %r", msg_id, exc, extra=self.context(topic=topic))
+        if isinstance(result, BaseException):
+            if isinstance(result, TidingsError):
+                error = result
+            else:
+                error = StorageError(f"publish failed: {result!r}")
+                log.error("durable publish of %s failed: %r", msg_id, result, extra=self.context(topic=topic))
             self.gateway.stats.reject(error.code)
             self.session.send(error_frame(error, rid))
         else:
-            result = task.result()
             stats, namespace = self.gateway.stats, namespace_of(topic)
             stats.publish_acks[namespace] += 1
             if result.duplicate:

@@ -9,7 +9,7 @@ in which its first append arrived, so every append read in that turn joins it.
 
 When a batch is durable, in one synchronous step of the event loop the shard (1)
 indexes its records, so read() and head() see them, (2) calls every append
-subscriber for each record in offset order, and (3) resolves the append futures.
+subscriber for each record in offset order, and (3) calls each append's ``done``.
 When the write or fdatasync fails, nothing of the batch is indexed, every pending
 and later append raises ``SyncFailed``, and ``on_fatal`` is called.
 """
@@ -20,6 +20,7 @@ import asyncio
 import logging
 from bisect import bisect_right
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,6 +36,8 @@ from tidings.log.writer import Writer
 log = logging.getLogger(__name__)
 
 AppendCallback = Callable[[StoredRecord], None]
+#: Called once with an append's result, or with the exception that failed it.
+AppendDone = Callable[[AppendResult | BaseException], None]
 
 
 class ShardStats:
@@ -63,7 +66,7 @@ class _Pending(NamedTuple):
     msg_id: str
     payload: bytes
     record: bytes
-    future: asyncio.Future[AppendResult]
+    done: AppendDone
 
 
 class Shard:
@@ -95,7 +98,7 @@ class Shard:
         self._pending: list[_Pending] = []
         self._batch: list[_Pending] = []  # being written
         self._inflight: dict[tuple[str, str], int] = {}
-        self._dup_waiters: list[tuple[int, asyncio.Future[AppendResult]]] = []
+        self._dup_waiters: list[tuple[int, AppendDone]] = []
         self._failed: BaseException | None = None
         self._closing = False
         #: a batch is scheduled or with the writer thread; the next one waits for it
@@ -189,39 +192,40 @@ class Shard:
 
     async def append(self, topic: str, msg_id: str, ts: int, payload: bytes) -> AppendResult:
         """Store a record; return once it is durable. See ``Store.append``."""
-        return await self.submit(topic, msg_id, ts, payload)
+        future: asyncio.Future[AppendResult] = self._loop.create_future()
+        self.submit(topic, msg_id, ts, payload, partial(settle, future))
+        return await future
 
-    def submit(self, topic: str, msg_id: str, ts: int, payload: bytes) -> asyncio.Future[AppendResult]:
-        """Queue a record; the returned future resolves once it is durable. See ``Store.submit``.
+    def submit(self, topic: str, msg_id: str, ts: int, payload: bytes, done: AppendDone) -> None:
+        """Queue a record; ``done`` gets its result once it is durable. See ``Store.submit``.
 
         The offset is assigned now, so records submitted in one order are stored
-        in that order. No task is created: this is the fast path for the gateway.
+        in that order. No future and no task: this is the gateway's fast path, and
+        ``done`` is called straight from the commit (never before this returns).
         """
         if self._failed is not None or self._closing:
             self._refuse()
-        future: asyncio.Future[AppendResult] = self._loop.create_future()
         index = self._topics.get(topic)
         if index is not None:
             original = index.dedup.get(msg_id)
             if original is not None and self._remembered(topic, index, original, ts):
-                future.set_result(AppendResult(original, True))
-                return future
+                self._loop.call_soon(done, AppendResult(original, True))
+                return
         key = (topic, msg_id)
         inflight = self._inflight
         if key in inflight:
             # The original is still being written: answer once it is durable.
-            self._dup_waiters.append((inflight[key], future))
-            return future
+            self._dup_waiters.append((inflight[key], done))
+            return
         offset = self._next
         record = encode_record(offset, ts, topic.encode(), msg_id.encode(), payload)
         self._next = offset + 1
-        self._pending.append(_Pending(offset, ts, topic, msg_id, payload, record, future))
+        self._pending.append(_Pending(offset, ts, topic, msg_id, payload, record, done))
         inflight[key] = offset
         if not self._writing:
             # At the end of this loop turn, so that every append of the turn joins the batch.
             self._writing = True
             self._loop.call_soon(self._start_batch)
-        return future
 
     def _refuse(self) -> None:
         if self._failed is not None:
@@ -295,16 +299,15 @@ class Shard:
                     except Exception:
                         log.exception("append subscriber %r failed", callback)
         for p in batch:
-            if not p.future.done():
-                p.future.set_result(AppendResult(p.offset, False))
+            _tell(p.done, AppendResult(p.offset, False))
         if self._dup_waiters:
             durable = batch[-1].offset
             waiting = []
-            for original, waiter in self._dup_waiters:
+            for original, done in self._dup_waiters:
                 if original > durable:
-                    waiting.append((original, waiter))
-                elif not waiter.done():
-                    waiter.set_result(AppendResult(original, True))
+                    waiting.append((original, done))
+                else:
+                    _tell(done, AppendResult(original, True))
             self._dup_waiters = waiting
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
@@ -314,20 +317,18 @@ class Shard:
         log.critical("shard %d: write or fdatasync failed, stopping: %r", self.number, exc)
         self._on_fatal(exc)
         for p in batch:
-            if not p.future.done():
-                p.future.set_exception(SyncFailed(f"shard {self.number}: write or fdatasync failed: {exc}"))
+            _tell(p.done, SyncFailed(f"shard {self.number}: write or fdatasync failed: {exc}"))
 
     def fail(self, exc: BaseException) -> None:
         """Refuse every queued and later append with ``SyncFailed``."""
         if self._failed is None:
             self._failed = exc
         pending, self._pending = self._pending, []
-        waiters = [p.future for p in pending] + [w for _, w in self._dup_waiters]
+        waiters = [p.done for p in pending] + [done for _, done in self._dup_waiters]
         self._dup_waiters = []
         self._inflight.clear()
-        for future in waiters:
-            if not future.done():
-                future.set_exception(SyncFailed(f"shard {self.number} stopped after a failed sync: {exc}"))
+        for done in waiters:
+            _tell(done, SyncFailed(f"shard {self.number} stopped after a failed sync: {exc}"))
 
     # -- reading ---------------------------------------------------------------
 
@@ -425,3 +426,21 @@ class Shard:
             segment.close()
             self._fs.remove(segment.path)
         self._fs.fsync_dir(self.directory)
+
+
+def _tell(done: AppendDone, outcome: AppendResult | BaseException) -> None:
+    """Call one append's ``done``; a callback that raises must not keep the others from theirs."""
+    try:
+        done(outcome)
+    except Exception:
+        log.exception("append callback %r failed", done)
+
+
+def settle(future: asyncio.Future[AppendResult], outcome: AppendResult | BaseException) -> None:
+    """Resolve ``future`` with an append's outcome (``partial(settle, future)`` is an ``AppendDone``)."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

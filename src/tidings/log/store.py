@@ -26,7 +26,7 @@ import msgspec
 
 from tidings.errors import StorageError, SyncFailed
 from tidings.log.files import FileSystem
-from tidings.log.shard import AppendCallback, Shard
+from tidings.log.shard import AppendCallback, AppendDone, Shard
 from tidings.log.types import UNLIMITED, AppendResult, RetentionPolicy, StoredRecord
 from tidings.protocol.topics import shard_of, validate_topic
 
@@ -201,15 +201,16 @@ class Store:
             raise SyncFailed(f"the store stopped after a failed sync: {self.failed}")
         return await self._shard(topic).append(topic, msg_id, ts, payload)
 
-    def submit(self, topic: str, msg_id: str, ts: int, payload: bytes) -> asyncio.Future[AppendResult]:
-        """``append`` without a coroutine: queue the record now, return a future of its result.
+    def submit(self, topic: str, msg_id: str, ts: int, payload: bytes, done: AppendDone) -> None:
+        """``append`` without a coroutine or a future: queue the record now.
 
-        The future resolves (or fails) exactly as ``append`` returns (or raises).
-        Raises at once, like ``append``, for a failed or closed store.
+        ``done`` is called once, later, with what ``append`` would return (or the
+        exception it would raise). Raises at once, like ``append``, for a failed
+        or closed store.
         """
         if self.failed is not None:
             raise SyncFailed(f"the store stopped after a failed sync: {self.failed}")
-        return self._shard(topic).submit(topic, msg_id, ts, payload)
+        self._shard(topic).submit(topic, msg_id, ts, payload, done)
 
     def read(self, topic: str, after: int, limit: int = 1000) -> list[StoredRecord]:
         """Up to ``limit`` retained records of ``topic`` with offsets above ``after``, ascending.

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -20,7 +21,14 @@ from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from tidings.engine.base import CommitCallback, CursorState, Engine, EphemeralCallback, PublishResult
+from tidings.engine.base import (
+    CommitCallback,
+    CursorState,
+    Engine,
+    EphemeralCallback,
+    PublishDone,
+    PublishResult,
+)
 from tidings.engine.embedded import to_record_payload
 from tidings.engine.nats.calls import (
     API,
@@ -113,6 +121,7 @@ class NatsEngine(Engine):
         self._announced: dict[str, int] = {}
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._publishing: set[asyncio.Task[PublishResult]] = set()  # submit()'s, until done
         self._peers: NatsPeers | None = None
         self._retained_otherwise = retained_otherwise or (lambda: ())
         #: seconds between two ``trim`` rounds
@@ -274,6 +283,19 @@ class NatsEngine(Engine):
         if "error" in ack:
             raise StorageError(f"JetStream refused a publish to {msg.topic}: {ack['error']}")
         return PublishResult(int(ack["seq"]), bool(ack.get("duplicate")))
+
+    def submit(self, msg: Msg, done: PublishDone) -> None:
+        # A task per message: the request/reply round trip to JetStream needs one anyway.
+        task = asyncio.ensure_future(self.publish(msg))
+        self._publishing.add(task)
+        task.add_done_callback(partial(self._published, done))
+
+    def _published(self, done: PublishDone, task: asyncio.Task[PublishResult]) -> None:
+        self._publishing.discard(task)
+        if task.cancelled():
+            done(StorageError("the publish was cancelled"))
+        else:
+            done(task.exception() or task.result())
 
     def publish_ephemeral(self, msg: Msg) -> None:
         self._outbox.put_nowait((subject_of(msg.topic, 0), to_record_payload(msg)))
