@@ -26,7 +26,7 @@ from tidings.engine.base import (
     PublishDone,
     PublishResult,
 )
-from tidings.errors import InvalidFrame, RetryLater
+from tidings.errors import InvalidFrame
 from tidings.log import FileSystem, RetentionPolicy, Store, StoredRecord
 from tidings.log.cursors import CursorStore
 from tidings.metrics import StorageFigures
@@ -162,9 +162,8 @@ class EmbeddedEngine(Engine):
         return await self.store.append(msg.topic, msg.id, msg.ts, to_record_payload(msg))
 
     def submit(self, msg: Msg, done: PublishDone) -> None:
-        if self.store.queue_depth(msg.topic) >= self.max_write_queue:
-            raise RetryLater(f"the log shard of {msg.topic!r} has {self.max_write_queue} appends queued", 20)
-        self.store.submit(msg.topic, msg.id, msg.ts, to_record_payload(msg), done)
+        payload = to_record_payload(msg)
+        self.store.submit(msg.topic, msg.id, msg.ts, payload, done, max_queue=self.max_write_queue)
 
     def publish_ephemeral(self, msg: Msg) -> None:
         for callback in self._ephemeral_callbacks:

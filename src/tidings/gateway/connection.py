@@ -38,7 +38,13 @@ from tidings.gateway.websocket import Reassembly, close_reply, has_reserved_bits
 from tidings.presence import checked_capabilities, checked_status
 from tidings.protocol import frames as f
 from tidings.protocol.session import CloseCode, ServerSession, State, error_frame
-from tidings.protocol.topics import is_durable, is_wildcard, namespace_of, validate_pattern, validate_topic
+from tidings.protocol.topics import (
+    DURABLE_NAMESPACES,
+    is_wildcard,
+    namespace_of,
+    validate_pattern,
+    validate_topic,
+)
 from tidings.tracing import TRACEPARENT
 
 if TYPE_CHECKING:
@@ -84,7 +90,7 @@ class Connection(WSListener):
         self.binary = self.session.codec.binary
         self.grants: Grants | None = None
         #: topics this connection has been allowed to publish to (valid, granted)
-        self._may_publish: set[str] = set()
+        self._may_publish: dict[str, str] = {}  # topic -> its namespace, once checked
         self.session_id = uuid.uuid4().hex
         self.subs: dict[int, Subscription] = {}
         self.dirty = False
@@ -228,7 +234,7 @@ class Connection(WSListener):
             self._continue.cancel()
             self._continue = None
         until = time.perf_counter() + SLICE_S
-        for frame in self.session.events_received():
+        for n, frame in enumerate(self.session.events_received(), 1):
             rid = getattr(frame, "rid", None)
             try:
                 self._dispatch(frame)
@@ -262,7 +268,7 @@ class Connection(WSListener):
                     "handling %s from agent %r failed", f.op_of(frame), self.agent, extra=self.context()
                 )
                 self.session.send(error_frame(TidingsError("internal error; the server logged it"), rid))
-            if self.session.has_incoming and time.perf_counter() > until:
+            if not n % SLICE_CHECK and time.perf_counter() > until and self.session.has_incoming:
                 break
         if self.session.pending_bytes or self.session.close_code is not None:
             self.gateway.mark_dirty(self)
@@ -454,17 +460,17 @@ class Connection(WSListener):
     def _on_pub(self, pub: f.Pub) -> None:
         assert self.grants is not None
         topic = pub.topic
-        self._check_publish(topic)
+        namespace = self._check_publish(topic)
         gateway = self.gateway
         size = _body_size(pub.body)
-        durable = is_durable(topic)
+        durable = namespace in DURABLE_NAMESPACES
         if durable and self._unacked >= gateway.settings.max_unacked_publishes:
             raise RetryLater(
                 f"{self._unacked} publishes are waiting for their puback (the connection's credit)", 20
             )
         if gateway.limiter.active:
             gateway.limiter.check(self.grants, size)
-        stats, namespace = gateway.stats, namespace_of(topic)
+        stats = gateway.stats
         stats.published += 1
         stats.messages_in[namespace] += 1
         stats.bytes_in[namespace] += size
@@ -485,7 +491,7 @@ class Connection(WSListener):
             span.set_attribute("messaging.destination", topic)
             span.set_attribute("messaging.message.id", msg_id)
         if durable:
-            gateway.engine.submit(msg, partial(self._published, topic, msg_id, pub.rid, span))
+            gateway.engine.submit(msg, partial(self._published, topic, namespace, msg_id, pub.rid, span))
             self._unacked += 1
             return
         try:
@@ -496,21 +502,33 @@ class Connection(WSListener):
         if pub.rid is not None:
             self.session.send(f.Puback(id=msg_id, rid=pub.rid))
 
-    def _check_publish(self, topic: str) -> None:
-        """Raise ``InvalidTopic`` or ``Forbidden`` unless this agent may publish to ``topic``."""
+    def _check_publish(self, topic: str) -> str:
+        """Raise ``InvalidTopic`` or ``Forbidden`` unless this agent may publish to ``topic``.
+
+        Returns the topic's namespace.
+        """
         closed = self.gateway.catalog.closed
         if closed and topic in closed:
             raise Forbidden(f"conversation {topic!r} is closed: it takes no more messages")
-        if topic in self._may_publish:
-            return
+        namespace = self._may_publish.get(topic)
+        if namespace is not None:
+            return namespace
         assert self.grants is not None
         validate_topic(topic, self.gateway.settings.max_topic_length)
         self.grants.check_publish(topic)
+        namespace = namespace_of(topic)
         if len(self._may_publish) < 4096:
-            self._may_publish.add(topic)
+            self._may_publish[topic] = namespace
+        return namespace
 
     def _published(
-        self, topic: str, msg_id: str, rid: int | None, span: Any, result: PublishResult | BaseException
+        self,
+        topic: str,
+        namespace: str,
+        msg_id: str,
+        rid: int | None,
+        span: Any,
+        result: PublishResult | BaseException,
     ) -> None:
         """A durable publish finished: answer with ``puback`` (only now: it is on disk) or the error."""
         self._unacked -= 1
@@ -527,7 +545,7 @@ class Connection(WSListener):
             self.gateway.stats.reject(error.code)
             self.session.send(error_frame(error, rid))
         else:
-            stats, namespace = self.gateway.stats, namespace_of(topic)
+            stats = self.gateway.stats
             stats.publish_acks[namespace] += 1
             if result.duplicate:
                 stats.duplicates[namespace] += 1
@@ -582,5 +600,7 @@ def _body_size(body: object) -> int:
 
 #: seconds of one event-loop turn a connection's frames may take (``Connection._process``)
 SLICE_S = 0.0005
+#: frames acted on between two looks at the clock (``SLICE_S``)
+SLICE_CHECK = 8
 #: refusals that are the client's fault (``max_refusals`` counts them)
 CLIENT_FAULTS = (ProtocolError, InvalidTopic, Forbidden, LimitExceeded, NotSupported)

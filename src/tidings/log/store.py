@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-from tidings.errors import StorageError, SyncFailed
+from tidings.errors import RetryLater, StorageError, SyncFailed
 from tidings.log.files import FileSystem
 from tidings.log.shard import AppendCallback, AppendDone, Shard
 from tidings.log.types import UNLIMITED, AppendResult, RetentionPolicy, StoredRecord
@@ -201,16 +201,22 @@ class Store:
             raise SyncFailed(f"the store stopped after a failed sync: {self.failed}")
         return await self._shard(topic).append(topic, msg_id, ts, payload)
 
-    def submit(self, topic: str, msg_id: str, ts: int, payload: bytes, done: AppendDone) -> None:
+    def submit(
+        self, topic: str, msg_id: str, ts: int, payload: bytes, done: AppendDone, max_queue: int | None = None
+    ) -> None:
         """``append`` without a coroutine or a future: queue the record now.
 
         ``done`` is called once, later, with what ``append`` would return (or the
         exception it would raise). Raises at once, like ``append``, for a failed
-        or closed store.
+        or closed store, and ``RetryLater`` if ``topic``'s shard already has
+        ``max_queue`` appends queued.
         """
         if self.failed is not None:
             raise SyncFailed(f"the store stopped after a failed sync: {self.failed}")
-        self._shard(topic).submit(topic, msg_id, ts, payload, done)
+        shard = self._shard(topic)
+        if max_queue is not None and shard.queue_depth >= max_queue:
+            raise RetryLater(f"the log shard of {topic!r} has {max_queue} appends queued", 20)
+        shard.submit(topic, msg_id, ts, payload, done)
 
     def read(self, topic: str, after: int, limit: int = 1000) -> list[StoredRecord]:
         """Up to ``limit`` retained records of ``topic`` with offsets above ``after``, ascending.

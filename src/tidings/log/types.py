@@ -12,8 +12,12 @@ class AppendResult(msgspec.Struct, frozen=True):
     duplicate: bool
 
 
-class StoredRecord(msgspec.Struct, frozen=True):
-    """One durable record. ``payload`` is opaque; ``ts`` is ms since the epoch."""
+class StoredRecord(msgspec.Struct, frozen=True, gc=False):
+    """One durable record. ``payload`` is opaque; ``ts`` is ms since the epoch.
+
+    Not tracked by the garbage collector (``gc=False``): it holds only strings,
+    bytes and ints, so it can be in no reference cycle.
+    """
 
     offset: int
     topic: str

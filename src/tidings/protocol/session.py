@@ -44,6 +44,10 @@ class State(Enum):
     CLOSING = "closing"  # close requested; frames are no longer acted on
     CLOSED = "closed"
 
+    # Identity, as equality is: Enum's own hash runs Python code, and the state is
+    # looked up for every frame received (``TRANSITIONS``).
+    __hash__ = object.__hash__
+
 
 class CloseCode:
     """WebSocket close codes tidings uses (RFC 6455 section 7.4.1)."""
