@@ -63,10 +63,8 @@ class Tracer:
         self.name = name
         self._api = _otel()
         self._tracer = self._api.get_tracer(name) if self._api is not None else None
-
-    @property
-    def enabled(self) -> bool:
-        return self._tracer is not None
+        #: whether spans go anywhere (an attribute: it is asked once per message)
+        self.enabled = self._tracer is not None
 
     def start(self, name: str, traceparent: str | None, kind: str, **attributes: Any) -> Any:
         """Start (not enter) a span whose parent is ``traceparent``; None when tracing is off."""

@@ -553,7 +553,8 @@ class Connection(WSListener):
                 self.session.send(
                     f.Puback(id=msg_id, rid=rid, offset=result.offset, duplicate=result.duplicate)
                 )
-        self.gateway.mark_dirty(self)
+        if not self.dirty:
+            self.gateway.mark_dirty(self)
 
     # -- timers and closing ---------------------------------------------------
 

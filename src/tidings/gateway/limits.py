@@ -53,12 +53,10 @@ class Limiter:
         self.messages_per_s = messages_per_s
         self.bytes_per_s = bytes_per_s
         self.burst_s = burst_s
+        #: whether any rate is limited (an attribute: it is asked once per publish)
+        self.active = messages_per_s is not None or bytes_per_s is not None
         self._messages: dict[str, TokenBucket] = {}
         self._bytes: dict[str, TokenBucket] = {}
-
-    @property
-    def active(self) -> bool:
-        return self.messages_per_s is not None or self.bytes_per_s is not None
 
     def check(self, grants: Grants, size: int) -> None:
         """Count one publish of ``size`` bytes; raise ``RetryLater`` if the token is over its rate."""

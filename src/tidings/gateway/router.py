@@ -38,11 +38,12 @@ class Router(Generic[S]):
 
     def __init__(self) -> None:
         self._root: _Node[S] = _Node()
-        self._count = 0
+        #: subscriptions held (an attribute, not just ``len``: asked once per message)
+        self.count = 0
         self._cache: dict[str, list[S]] = {}
 
     def __len__(self) -> int:
-        return self._count
+        return self.count
 
     def add(self, sub: S) -> None:
         self._cache.clear()
@@ -51,11 +52,11 @@ class Router(Generic[S]):
         for seg in segments:
             if seg == ">":
                 node.rest[sub] = None
-                self._count += 1
+                self.count += 1
                 return
             node = node.children.setdefault(seg, _Node())
         node.exact[sub] = None
-        self._count += 1
+        self.count += 1
 
     def remove(self, sub: S) -> None:
         """Remove ``sub``; pruning empty nodes so the trie does not grow forever."""
@@ -65,7 +66,7 @@ class Router(Generic[S]):
         for seg in sub.pattern.split("/"):
             if seg == ">":
                 if node.rest.pop(sub, False) is not False:
-                    self._count -= 1
+                    self.count -= 1
                 break
             child = node.children.get(seg)
             if child is None:
@@ -74,7 +75,7 @@ class Router(Generic[S]):
             node = child
         else:
             if node.exact.pop(sub, False) is not False:
-                self._count -= 1
+                self.count -= 1
         for parent, seg in reversed(path):
             child = parent.children[seg]
             if child.children or child.exact or child.rest:

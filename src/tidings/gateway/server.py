@@ -261,8 +261,8 @@ class Gateway:
     def _listened(self, topic: str) -> bool:
         """Whether a live subscription or a consumer here matches ``topic`` (cached per topic)."""
         return bool(
-            (len(self.router) and self.router.match(topic))
-            or (len(self.consumers.router) and self.consumers.router.match(topic))
+            (self.router.count and self.router.match(topic))
+            or (self.consumers.router.count and self.consumers.router.match(topic))
         )
 
     def _on_commit(self, msg: f.Msg) -> None:
