@@ -130,10 +130,11 @@ async def test_subscribers_see_durable_records_in_order_before_acks(tmp_path: Pa
     acked: set[tuple[str, int]] = set()
     seen: list[StoredRecord] = []
 
-    def on_append(record: StoredRecord) -> None:
-        assert (record.topic, record.offset) not in acked  # announced before the append returns
-        assert store.read(record.topic, record.offset - 1, limit=1)[0] == record  # already readable
-        seen.append(record)
+    def on_append(records: list[StoredRecord]) -> None:
+        for record in records:
+            assert (record.topic, record.offset) not in acked  # announced before the append returns
+            assert store.read(record.topic, record.offset - 1, limit=1)[0] == record  # already readable
+            seen.append(record)
 
     store.subscribe_appends(on_append)
 
@@ -162,7 +163,7 @@ async def test_read_then_follow_has_no_gap_and_no_duplicate(tmp_path: Path) -> N
     # The seamless handoff: read, then follow from the last offset read, with no await between.
     got = [r.offset for r in store.read(TOPIC, 0, limit=10_000)]
     last = got[-1] if got else 0
-    store.subscribe_appends(lambda r: got.append(r.offset) if r.offset > last else None)
+    store.subscribe_appends(lambda records: got.extend(r.offset for r in records if r.offset > last))
     await writer
     assert got == [r.offset for r in store.read(TOPIC, 0, limit=10_000)]
     assert len(got) == 200
@@ -172,7 +173,7 @@ async def test_read_then_follow_has_no_gap_and_no_duplicate(tmp_path: Path) -> N
 async def test_a_subscriber_that_raises_does_not_stop_the_store(tmp_path: Path) -> None:
     store = await Store.open(tmp_path, trim_interval=None)
 
-    def broken(record: StoredRecord) -> None:
+    def broken(records: list[StoredRecord]) -> None:
         raise RuntimeError("subscriber bug")
 
     store.subscribe_appends(broken)

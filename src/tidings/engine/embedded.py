@@ -148,13 +148,19 @@ class EmbeddedEngine(Engine):
         if self._on_fatal is not None:
             self._on_fatal(exc)
 
-    def _announce(self, record: StoredRecord) -> None:
-        msg: Msg | None = None
-        for callback, interested in self._commit_callbacks:
-            if interested is None or interested(record.topic):
-                if msg is None:
-                    msg = from_record(record)
-                callback(msg)
+    def _announce(self, records: list[StoredRecord]) -> None:
+        """Hand a durable batch to the commit callbacks, record by record in offset order."""
+        callbacks = self._commit_callbacks
+        for record in records:
+            msg: Msg | None = None
+            for callback, interested in callbacks:
+                if interested is None or interested(record.topic):
+                    if msg is None:
+                        msg = from_record(record)
+                    try:
+                        callback(msg)
+                    except Exception:  # one message's trouble must not cost the others theirs
+                        log.exception("commit callback %r failed on %s", callback, record.topic)
 
     # -- publishing ---------------------------------------------------------
 

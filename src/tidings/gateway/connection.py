@@ -591,7 +591,7 @@ _size_encoder = msgspec.msgpack.Encoder()
 
 def _body_size(body: object) -> int:
     """A message body's size as counted in ``bytes_in``: its msgpack encoding."""
-    if isinstance(body, str | bytes):
+    if isinstance(body, (str, bytes)):  # a tuple: ``str | bytes`` would be built on every call
         return len(body)
     try:
         return len(_size_encoder.encode(body))

@@ -9,7 +9,7 @@ in which its first append arrived, so every append read in that turn joins it.
 
 When a batch is durable, in one synchronous step of the event loop the shard (1)
 indexes its records, so read() and head() see them, (2) calls every append
-subscriber for each record in offset order, and (3) calls each append's ``done``.
+subscriber with its records in offset order, and (3) calls each append's ``done``.
 When the write or fdatasync fails, nothing of the batch is indexed, every pending
 and later append raises ``SyncFailed``, and ``on_fatal`` is called.
 """
@@ -36,7 +36,8 @@ from tidings.log.writer import Writer
 
 log = logging.getLogger(__name__)
 
-AppendCallback = Callable[[StoredRecord], None]
+#: Called with the records of each durable batch, in offset order.
+AppendCallback = Callable[[list[StoredRecord]], None]
 #: Called once with an append's result, or with the exception that failed it.
 AppendDone = Callable[[AppendResult | BaseException], None]
 
@@ -295,12 +296,12 @@ class Shard:
         stats.records += len(batch)
         stats.max_batch = max(stats.max_batch, len(batch))
         if self._subscribers:
+            records = [p.stored for p in batch]
             for callback in tuple(self._subscribers):
-                for p in batch:
-                    try:
-                        callback(p.stored)
-                    except Exception:
-                        log.exception("append subscriber %r failed", callback)
+                try:
+                    callback(records)
+                except Exception:
+                    log.exception("append subscriber %r failed", callback)
         for p in batch:
             try:  # _tell, inline: once per record
                 p.done(AppendResult(p.stored.offset, False))

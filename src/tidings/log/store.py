@@ -256,7 +256,7 @@ class Store:
         return sorted(topic for shard in self.shards for topic in shard.topics())
 
     def subscribe_appends(self, callback: AppendCallback) -> None:
-        """Call ``callback(record)`` for every newly durable, non-duplicate record.
+        """Call ``callback(records)`` with every newly durable batch's records (no duplicates).
 
         Ordering guarantee, per shard: a batch's records become visible to
         ``read()``/``head()`` and are passed to the callbacks, in offset order, in
@@ -265,7 +265,8 @@ class Store:
         loop, ``read()`` returns exactly the records already announced. A reader
         that calls ``read()`` and starts taking callback records with offsets above
         the last one read, with no ``await`` in between, misses nothing and sees
-        nothing twice. A callback must not block; an exception it raises is logged.
+        nothing twice. A callback must not block or keep the list; an exception it
+        raises is logged.
         """
         self._subscribers.append(callback)
 

@@ -15,7 +15,7 @@ Delivery frames are encoded once per codec and shared by every subscriber;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Final, Generic, TypeVar
 
@@ -79,6 +79,11 @@ class Codec(Generic[F]):
     def encode(self, frame: msgspec.Struct) -> bytes:
         """Encode one frame on its own."""
         return self._enc.encode(frame)
+
+    @property
+    def encoder(self) -> Callable[[Any], bytes]:
+        """``encode`` as the encoder's own method (no Python frame: for per-frame paths)."""
+        return self._enc.encode
 
     def encode_shared(self, msg: Msg) -> bytes:
         """Encode a delivery once, without ``sid``, for ``stamp`` to reuse."""

@@ -90,6 +90,7 @@ class Session(Generic[E]):
     """State, codec and outgoing buffer shared by both ends of a connection."""
 
     __slots__ = (
+        "_encode",
         "_incoming",
         "_outgoing",
         "_outgoing_bytes",
@@ -102,6 +103,7 @@ class Session(Generic[E]):
 
     def __init__(self, codec: Codec[E], state: State) -> None:
         self.codec = codec
+        self._encode = codec.encoder
         self.state = state
         self.close_code: int | None = None
         self.close_reason = ""
@@ -160,7 +162,9 @@ class Session(Generic[E]):
 
     def send(self, frame: msgspec.Struct) -> None:
         """Queue one frame; it leaves with the next ``data_to_send()``."""
-        self.send_encoded(self.codec.encode(frame))
+        data = self._encode(frame)  # send_encoded, inline: this runs for every frame sent
+        self._outgoing.append(data)
+        self._outgoing_bytes += len(data)
 
     def send_encoded(self, data: bytes) -> None:
         """Queue one frame that is already encoded with this session's codec."""
