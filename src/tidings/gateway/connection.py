@@ -235,10 +235,10 @@ class Connection(WSListener):
             self._continue = None
         until = time.perf_counter() + SLICE_S
         for n, frame in enumerate(self.session.events_received(), 1):
-            rid = getattr(frame, "rid", None)
             try:
                 self._dispatch(frame)
             except TidingsError as exc:
+                rid = getattr(frame, "rid", None)
                 self.gateway.stats.reject(exc.code)
                 if isinstance(frame, f.Hello):
                     # DEBUG: refusals are counted by code in /metrics; a line each would let
@@ -262,6 +262,7 @@ class Connection(WSListener):
                 else:
                     self.session.send(error_frame(exc, rid))
             except Exception:
+                rid = getattr(frame, "rid", None)
                 # A bug of ours must not cost the client its connection silently:
                 # log it with context, answer this request, keep serving.
                 log.exception(
