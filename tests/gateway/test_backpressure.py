@@ -97,6 +97,32 @@ async def test_a_full_shard_write_queue_refuses_with_retry_later(tmp_path: Path)
         await engine.stop()
 
 
+async def test_a_commit_callback_that_fails_on_one_message_still_gets_the_rest_of_the_batch(
+    tmp_path: Path,
+) -> None:
+    engine = EmbeddedEngine(tmp_path, shards=1)
+    await engine.start()
+    try:
+        seen: list[Any] = []
+
+        def picky(msg: Msg) -> None:
+            if msg.body == 1:
+                raise RuntimeError("a bug in a commit callback")
+            seen.append(msg.body)
+
+        engine.on_commit(picky)
+        futures = []
+        for i in range(4):  # one loop turn: one batch
+            future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+            msg = Msg(topic="conv/q/x", id=f"m{i}", sender="s", ts=0, body=i)
+            engine.submit(msg, partial(settle, future))
+            futures.append(future)
+        await asyncio.gather(*futures)
+        assert seen == [0, 2, 3]
+    finally:
+        await engine.stop()
+
+
 class Reader:
     """A subscriber that records publish->receive latency of ``{"t": perf_counter}`` bodies."""
 

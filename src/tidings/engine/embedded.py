@@ -154,13 +154,13 @@ class EmbeddedEngine(Engine):
         for record in records:
             msg: Msg | None = None
             for callback, interested in callbacks:
-                if interested is None or interested(record.topic):
-                    if msg is None:
-                        msg = from_record(record)
-                    try:
+                try:  # one message's trouble must not cost the others theirs
+                    if interested is None or interested(record.topic):
+                        if msg is None:
+                            msg = from_record(record)
                         callback(msg)
-                    except Exception:  # one message's trouble must not cost the others theirs
-                        log.exception("commit callback %r failed on %s", callback, record.topic)
+                except Exception:
+                    log.exception("commit callback %r failed on %s", callback, record.topic)
 
     # -- publishing ---------------------------------------------------------
 

@@ -492,7 +492,12 @@ class Connection(WSListener):
             span.set_attribute("messaging.destination", topic)
             span.set_attribute("messaging.message.id", msg_id)
         if durable:
-            gateway.engine.submit(msg, partial(self._published, topic, namespace, msg_id, pub.rid, span))
+            try:
+                gateway.engine.submit(msg, partial(self._published, topic, namespace, msg_id, pub.rid, span))
+            except BaseException:  # refused at once (a full write queue, a failed store)
+                if span is not None:
+                    span.end()
+                raise
             self._unacked += 1
             return
         try:

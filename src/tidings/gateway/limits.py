@@ -53,7 +53,8 @@ class Limiter:
         self.messages_per_s = messages_per_s
         self.bytes_per_s = bytes_per_s
         self.burst_s = burst_s
-        #: whether any rate is limited (an attribute: it is asked once per publish)
+        #: whether any rate is limited (an attribute: it is asked once per publish; the
+        #: rates are fixed for the limiter's life)
         self.active = messages_per_s is not None or bytes_per_s is not None
         self._messages: dict[str, TokenBucket] = {}
         self._bytes: dict[str, TokenBucket] = {}

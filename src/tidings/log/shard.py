@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 #: Called with the records of each durable batch, in offset order.
 AppendCallback = Callable[[list[StoredRecord]], None]
-#: Called once with an append's result, or with the exception that failed it.
+#: Called once with an append's result, or with the exception that failed it. It runs
+#: inside the shard's commit step: it must not block, and an ``Exception`` it raises is
+#: logged and swallowed.
 AppendDone = Callable[[AppendResult | BaseException], None]
 
 
@@ -309,13 +311,14 @@ class Shard:
                 log.exception("append callback %r failed", p.done)
         if self._dup_waiters:
             durable = batch[-1].stored.offset
+            waiters, self._dup_waiters = self._dup_waiters, []  # a done may queue new ones
             waiting = []
-            for original, done in self._dup_waiters:
+            for original, done in waiters:
                 if original > durable:
                     waiting.append((original, done))
                 else:
                     _tell(done, AppendResult(original, True))
-            self._dup_waiters = waiting
+            self._dup_waiters[:0] = waiting
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
         self.fail(exc)

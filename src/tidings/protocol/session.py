@@ -69,11 +69,11 @@ _OPEN_SERVER_FRAMES: frozenset[type] = frozenset(
     {f.Subbed, f.Unsubbed, f.Msg, f.Puback, f.Error, f.Gap, f.Dropped, f.PresenceEvent, f.StreamChunk}
 )
 
-#: state -> frame type received -> next state. Absent: the frame is not allowed.
 #: the states in which received frames are no longer acted on. A set: looking up an
 #: Enum member costs ~180 ns on Python 3.11, and this is asked for every frame.
 _ENDED: Final = frozenset({State.CLOSING, State.CLOSED})
 
+#: state -> frame type received -> next state. Absent: the frame is not allowed.
 TRANSITIONS: Final[dict[State, dict[type, State]]] = {
     State.AWAIT_HELLO: {f.Hello: State.AUTHENTICATING},
     State.AUTHENTICATING: {},

@@ -293,6 +293,7 @@ class NatsEngine(Engine):
     def _published(self, done: PublishDone, task: asyncio.Task[PublishResult]) -> None:
         self._publishing.discard(task)
         if task.cancelled():
+            log.error("a durable publish was cancelled before JetStream answered")
             done(StorageError("the publish was cancelled"))
         else:
             done(task.exception() or task.result())
