@@ -145,6 +145,14 @@ class GatewayStats:
             self.redelivered_ids.popitem(last=False)
 
     def observe(self, stage: str, namespace: str, consumer: str, seconds: float) -> None:
+        # Up to three times per delivery: the common case is one dict lookup.
+        histogram = self.latency.get((stage, namespace, consumer))
+        if histogram is None:
+            histogram = self._histogram(stage, namespace, consumer)
+        histogram.observe(seconds if seconds > 0.0 else 0.0)
+
+    def _histogram(self, stage: str, namespace: str, consumer: str) -> Histogram:
+        """The histogram of a new key; past ``MAX_CONSUMER_LABELS`` consumers, the "other" one."""
         if consumer not in self._consumers:
             if len(self._consumers) >= MAX_CONSUMER_LABELS:
                 consumer = "other"
@@ -154,7 +162,7 @@ class GatewayStats:
         histogram = self.latency.get(key)
         if histogram is None:
             histogram = self.latency[key] = Histogram()
-        histogram.observe(max(seconds, 0.0))
+        return histogram
 
     def stage(self, stage: str) -> Histogram:
         """One histogram of ``stage`` over every namespace and consumer (for the dashboard)."""

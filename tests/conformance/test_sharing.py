@@ -22,6 +22,7 @@ from tests.gateway.wsclient import Raw, authed
 from tidings.auth import Authority
 from tidings.cluster import NatsCluster
 from tidings.gateway import Gateway
+from tidings.gateway.sharing import TAKEN_MEMORY
 
 PEER_TIMEOUT = 1.0
 
@@ -125,3 +126,19 @@ async def test_an_owner_taken_for_gone_hands_its_consumer_over(
     await publish(await authed(b.url, token), f"conv/{group}/chat", 6)
     got_x, got_y = await asyncio.gather(ack_until_quiet(x, 2), ack_until_quiet(y, 2))
     assert sorted(got_x + got_y) == list(range(6)), "split between them, each once"
+
+
+async def test_gateways_taken_for_gone_that_never_return_are_forgotten_oldest_first(
+    nats: Deployment, group: str
+) -> None:
+    (a,) = await nats.start(1, peer_timeout=PEER_TIMEOUT)
+    sharing = a.consumers.sharing
+    assert sharing is not None
+    for i in range(TAKEN_MEMORY + 10):  # each "took over" from a gateway that died for good
+        sharing._on_taken_over(f"{group}-{i}", f"dead-{i}")
+    assert len(sharing._taken) == TAKEN_MEMORY and "dead-9" not in sharing._taken
+    sharing._on_taken_over(f"{group}-again", "dead-10")  # the oldest, taken from again: newest now
+    sharing._on_taken_over(f"{group}-new", "dead-new")  # so this one pushes out dead-11
+    assert len(sharing._taken) == TAKEN_MEMORY
+    assert "dead-11" not in sharing._taken and "dead-new" in sharing._taken
+    assert sharing._taken["dead-10"] == {f"{group}-10", f"{group}-again"}

@@ -130,6 +130,11 @@ class Settle(msgspec.Struct, tag="settle", **_NOTE):
 Note = Join | Joined | Refused | Leave | Dropped | TookOver | Deliver | GapNote | Settle
 #: members that left while their join was being accepted, remembered this long (by count)
 LEFT_MEMORY = 1024
+#: gateways taken for gone whose consumers this one took over, remembered this long (by
+#: count): a gateway that really died never comes back (a restart has a new id), so the
+#: oldest are forgotten rather than kept for ever; one that comes back after that many
+#: others were taken for gone is only told at the takeover itself
+TAKEN_MEMORY = 256
 
 
 class RemoteMember:
@@ -244,7 +249,7 @@ class Sharing:
         self._tasks: set[asyncio.Future[None]] = set()
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(Note).decode
-        #: gateway taken for gone -> consumers this gateway took over from it
+        #: gateway taken for gone -> consumers this gateway took over from it (oldest first)
         self._taken: dict[str, set[str]] = {}
         peers.on_message(self._on_note)
         peers.on_gone(self._on_gone)
@@ -451,7 +456,11 @@ class Sharing:
         """This gateway took ``key`` over from ``previous``, taken for gone: if it is only slow,
         it must stop running the consumer. Told now, and again when it is heard from."""
         if previous:
-            self._taken.setdefault(previous, set()).add(key)
+            taken = self._taken.pop(previous, set())  # re-inserted: the newest stays longest
+            taken.add(key)
+            self._taken[previous] = taken
+            if len(self._taken) > TAKEN_MEMORY:
+                del self._taken[next(iter(self._taken))]
             self.send(previous, TookOver(self.me, key))
 
     def _on_back(self, gateway: str) -> None:
