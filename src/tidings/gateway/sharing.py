@@ -33,6 +33,18 @@ import msgspec
 
 from tidings.engine.base import Peers
 from tidings.errors import RetryLater, StorageError, TidingsError
+from tidings.gateway.notes import (
+    Deliver,
+    Dropped,
+    GapNote,
+    Join,
+    Joined,
+    Leave,
+    Note,
+    Refused,
+    Settle,
+    TookOver,
+)
 from tidings.gateway.subscription import Subscription
 from tidings.protocol import frames as f
 
@@ -46,88 +58,6 @@ log = logging.getLogger("tidings.gateway")
 ANSWER_S = 2.0
 #: how long a member keeps trying to join before its ``sub`` is answered ``retry_later``
 JOIN_FOR_S = 10.0
-_NOTE = {"array_like": True}
-
-
-class Join(msgspec.Struct, tag="join", **_NOTE):
-    sender: str
-    key: str
-    member: str
-    pattern: str
-    max_inflight: int | None = None
-    ack_wait_ms: int | None = None
-    start: f.Start | None = None
-
-
-class Joined(msgspec.Struct, tag="joined", **_NOTE):
-    sender: str
-    key: str
-    member: str
-
-
-class Refused(msgspec.Struct, tag="refused", **_NOTE):
-    """The sender does not own the consumer (``owner``: who it thinks does) or could not open it."""
-
-    sender: str
-    key: str
-    member: str
-    owner: str
-    reason: str
-
-
-class Leave(msgspec.Struct, tag="leave", **_NOTE):
-    sender: str
-    key: str
-    member: str
-
-
-class Dropped(msgspec.Struct, tag="dropped", **_NOTE):
-    """The sender (the owner) no longer has the member attached: it should join again."""
-
-    sender: str
-    key: str
-    member: str
-
-
-class TookOver(msgspec.Struct, tag="took_over", **_NOTE):
-    """The sender owns the consumer now: it took it over while the receiver was taken for gone."""
-
-    sender: str
-    key: str
-
-
-class Deliver(msgspec.Struct, tag="deliver", **_NOTE):
-    sender: str
-    key: str
-    member: str
-    msg: f.Msg
-    attempt: int
-
-
-class GapNote(msgspec.Struct, tag="gap", **_NOTE):
-    sender: str
-    key: str
-    member: str
-    topic: str
-    first: int
-    last: int
-    reason: str
-
-
-class Settle(msgspec.Struct, tag="settle", **_NOTE):
-    sender: str
-    key: str
-    member: str
-    kind: Literal["ack", "nack", "progress", "undeliverable"]
-    topic: str
-    offset: int
-    delay_ms: int = 0
-    queued_us: int | None = None
-    handled_us: int | None = None
-    reason: str = ""
-
-
-Note = Join | Joined | Refused | Leave | Dropped | TookOver | Deliver | GapNote | Settle
 #: members that left while their join was being accepted, remembered this long (by count)
 LEFT_MEMORY = 1024
 #: gateways taken for gone whose consumers this one took over, remembered this long (by
