@@ -236,7 +236,10 @@ class Connection(WSListener):
         until = time.perf_counter() + SLICE_S
         for n, frame in enumerate(self.session.events_received(), 1):
             try:
-                self._dispatch(frame)
+                if type(frame) is _PUB:  # the common frame, without _dispatch's call
+                    self._on_pub(frame)
+                else:
+                    self._dispatch(frame)
             except TidingsError as exc:
                 rid = getattr(frame, "rid", None)
                 self.gateway.stats.reject(exc.code)
@@ -461,9 +464,13 @@ class Connection(WSListener):
     def _on_pub(self, pub: f.Pub) -> None:
         assert self.grants is not None
         topic = pub.topic
-        namespace = self._check_publish(topic)
         gateway = self.gateway
-        size = _body_size(pub.body)
+        namespace = self._may_publish.get(topic)  # _check_publish's fast path, inline
+        closed = gateway.catalog.closed
+        if namespace is None or (closed and topic in closed):
+            namespace = self._check_publish(topic)
+        body = pub.body
+        size = len(body) if type(body) is str else _body_size(body)
         durable = namespace in DURABLE_NAMESPACES
         if durable and self._unacked >= gateway.settings.max_unacked_publishes:
             raise RetryLater(
@@ -612,6 +619,7 @@ _TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
 _CONTINUATION = WSMsgType.CONTINUATION
 _DATA = frozenset({_TEXT, _BINARY, _CONTINUATION})
 _OPEN = State.OPEN
+_PUB = f.Pub
 
 #: seconds of one event-loop turn a connection's frames may take (``Connection._process``)
 SLICE_S = 0.0005
