@@ -258,8 +258,9 @@ async def test_a_big_batch_is_worked_through_in_slices_while_others_are_served(g
         await big.send(*frames)
     await small.send({"op": "pub", "topic": "sig/batch/y", "body": "hi", "rid": 1})
     await small.expect("puback")
-    waiting = [c for c in gw.connections if c.session.has_incoming]
-    assert len(waiting) == 1, "the small publish was answered while the batch still had frames waiting"
+    # Not "a connection still has decoded frames waiting": between two of the batch's
+    # messages the rest is still in the socket, with nothing decoded yet.
+    assert gw.stats.published <= 4096, "the small publish was answered only after the whole batch"
     answers = await replies(big, 4096)
     assert [a["rid"] for a in answers] == list(range(4096))
     assert all(a["op"] == "puback" for a in answers)
