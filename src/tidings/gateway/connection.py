@@ -465,10 +465,7 @@ class Connection(WSListener):
         assert self.grants is not None
         topic = pub.topic
         gateway = self.gateway
-        namespace = self._may_publish.get(topic)  # _check_publish's fast path, inline
-        closed = gateway.catalog.closed
-        if namespace is None or (closed and topic in closed):
-            namespace = self._check_publish(topic)
+        namespace = self._check_publish(topic)
         body = pub.body
         size = len(body) if type(body) is str else _body_size(body)
         durable = namespace in DURABLE_NAMESPACES

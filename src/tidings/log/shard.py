@@ -305,10 +305,7 @@ class Shard:
                 except Exception:
                     log.exception("append subscriber %r failed", callback)
         for p in batch:
-            try:  # _tell, inline: once per record
-                p.done(AppendResult(p.stored.offset, False))
-            except Exception:
-                log.exception("append callback %r failed", p.done)
+            _tell(p.done, AppendResult(p.stored.offset, False))
         if self._dup_waiters:
             durable = batch[-1].stored.offset
             waiters, self._dup_waiters = self._dup_waiters, []  # a done may queue new ones
