@@ -78,6 +78,7 @@ bench-fanout: $(STAMP)
 
 bench-w2: $(STAMP)
 	for n in 1 32 256; do $(BIN)/tidings bench w2 --publishers $$n --duration 5 --json; done
+	$(BIN)/tidings bench w2 --publishers 256 --connections 8 --duration 5 --json
 
 # The first peer: nats-server (core NATS) on the W1 fanout shape.
 bench-nats: $(BENCH_STAMP)

@@ -85,21 +85,24 @@ def build(quick: bool) -> Plan:
                     ),
                 ],
             )
-    for p in (1, 32, 256):
+    # (publishers, connections): None is one connection per publisher; 256 on 8 is the
+    # shape of a few SDK processes each running many agents
+    for p, c in ((1, None), (32, None), (256, None), (256, 8)):
+        shape = f"--publishers {p}" + (f" --connections {c}" if c else "")
         plan.add(
             "w2",
-            {"publishers": p},
+            {"publishers": p, **({"connections": c} if c else {})},
             [
                 (
                     "tidings",
-                    f".venv/bin/tidings bench w2 --publishers {p} --duration {d2:g} --json",
-                    lambda p=p: w2.run(publishers=p, duration=d2),
+                    f".venv/bin/tidings bench w2 {shape} --duration {d2:g} --json",
+                    lambda p=p, c=c: w2.run(publishers=p, duration=d2, connections=c),
                 ),
                 *[
                     (
                         f"jetstream-{sync}",
-                        f"{PY} bench/peers/jetstream_w2.py --publishers {p} --sync {sync} --duration {d2:g}",
-                        lambda p=p, sync=sync: jetstream_w2.measure(p, sync, d2),
+                        f"{PY} bench/peers/jetstream_w2.py {shape} --sync {sync} --duration {d2:g}",
+                        lambda p=p, c=c, sync=sync: jetstream_w2.measure(p, sync, d2, connections=c),
                     )
                     for sync in ("lazy", "always")
                 ],

@@ -1,7 +1,8 @@
 """W2 durable publish against NATS JetStream, with its default lazy fsync and with ``sync_interval: always``.
 
-Same shape as ``tidings bench w2``: N publishers, each on its own connection with
-one publish in flight; a 200-byte message to a file-backed stream with a
+Same shape as ``tidings bench w2``: N publishers, each on its own connection (or
+spread over ``--connections``, what a publisher sends in answer to one arrival going
+out as one write) with one publish in flight; a 200-byte message to a file-backed stream with a
 ``Nats-Msg-Id`` (JetStream's dedup, as tidings dedups on ``id``), the publish's
 ack from the stream, the next publish. The stream is created with nats-py; the
 publishers are lean asyncio protocols speaking the NATS text protocol (``HPUB``
@@ -15,6 +16,7 @@ server. nats-server (one node, GOMAXPROCS=1) on core 0, the load on core 1.
   the guarantee tidings gives.
 
     .venv/bin/python bench/peers/jetstream_w2.py --publishers 1 32 256 --sync lazy always
+    .venv/bin/python bench/peers/jetstream_w2.py --publishers 256 --connections 8 --sync always
 """
 
 from __future__ import annotations
@@ -36,14 +38,13 @@ from nats_w1 import start_server
 from tidings.bench.harness import free_port, percentile, pin_to, process_cpu_seconds
 
 
-class Publisher(asyncio.Protocol):
+class Publisher:
     """One publisher with one publish in flight; the stream's ack triggers the next."""
 
-    def __init__(self, index: int, body_bytes: int, latencies: list[float]) -> None:
+    def __init__(self, index: int, body_bytes: int, latencies: list[float], link: Link) -> None:
         self.index = index
         self.latencies = latencies
-        self.transport: asyncio.Transport | None = None
-        self.buffer = b""
+        self.link = link
         self.seq = 0
         self.acked = 0
         self.errors = 0
@@ -52,19 +53,11 @@ class Publisher(asyncio.Protocol):
         self.subject = b"conv.g%d.chat-%d" % (index % 64, index)
         self.payload = b"x" * body_bytes
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.transport.write(
-            b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true}\r\n'
-            b"SUB _INBOX.p%d.* 1\r\n" % self.index
-        )
-
     def publish(self) -> None:
-        assert self.transport is not None
         self.seq += 1
         headers = b"NATS/1.0\r\nNats-Msg-Id: p%d-%d\r\n\r\n" % (self.index, self.seq)
         self.sent_at = time.perf_counter()
-        self.transport.write(
+        self.link.out.append(
             b"HPUB %b _INBOX.p%d.%d %d %d\r\n%b%b\r\n"
             % (
                 self.subject,
@@ -77,28 +70,7 @@ class Publisher(asyncio.Protocol):
             )
         )
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            end = self.buffer.find(b"\r\n")
-            if end < 0:
-                return
-            line = self.buffer[:end]
-            if line.startswith(b"MSG "):
-                size = int(line.rsplit(b" ", 1)[1])
-                if len(self.buffer) < end + 2 + size + 2:
-                    return
-                payload = self.buffer[end + 2 : end + 2 + size]
-                self.buffer = self.buffer[end + 2 + size + 2 :]
-                self._acked(payload)
-                continue
-            self.buffer = self.buffer[end + 2 :]
-            if line == b"PING" and self.transport is not None:
-                self.transport.write(b"PONG\r\n")
-            elif line.startswith(b"-ERR"):
-                raise RuntimeError(line.decode())
-
-    def _acked(self, payload: bytes) -> None:
+    def acked_with(self, payload: bytes) -> None:
         if b'"error"' in payload:
             self.errors += 1
         if not self.running:
@@ -106,6 +78,59 @@ class Publisher(asyncio.Protocol):
         self.latencies.append(time.perf_counter() - self.sent_at)
         self.acked += 1
         self.publish()
+
+
+class Link(asyncio.Protocol):
+    """One connection carrying some publishers, each with its own inbox (its index is the sid).
+
+    What the publishers send while one arrival is handled goes out as one write, as
+    ``tidings bench w2`` answers the pubacks of one arrival with one message.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.publishers: dict[int, Publisher] = {}
+        self.buffer = b""
+        self.out: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.out.append(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true}\r\n')
+        self.out += [b"SUB _INBOX.p%d.* %d\r\n" % (i, i) for i in self.publishers]
+        self.flush()
+
+    def flush(self) -> None:
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            self._take()
+        finally:
+            self.flush()
+
+    def _take(self) -> None:
+        while True:
+            end = self.buffer.find(b"\r\n")
+            if end < 0:
+                return
+            line = self.buffer[:end]
+            if line.startswith(b"MSG "):  # MSG <subject> <sid> [reply-to] <size>
+                parts = line.split(b" ")
+                size = int(parts[-1])
+                if len(self.buffer) < end + 2 + size + 2:
+                    return
+                payload = self.buffer[end + 2 : end + 2 + size]
+                self.buffer = self.buffer[end + 2 + size + 2 :]
+                self.publishers[int(parts[2])].acked_with(payload)
+                continue
+            self.buffer = self.buffer[end + 2 :]
+            if line == b"PING":
+                self.out.append(b"PONG\r\n")
+            elif line.startswith(b"-ERR"):
+                raise RuntimeError(line.decode())
 
 
 async def _create_stream(port: int) -> None:
@@ -122,20 +147,24 @@ async def _ignore(exc: Exception) -> None:
     pass
 
 
-async def _load(port: int, publishers: int, duration: float, body_bytes: int) -> dict[str, Any]:
+async def _load(
+    port: int, publishers: int, duration: float, body_bytes: int, connections: int
+) -> dict[str, Any]:
     await _create_stream(port)
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
-    pubs: list[Publisher] = []
-    for i in range(publishers):
-        _, proto = await loop.create_connection(
-            lambda i=i: Publisher(i, body_bytes, latencies), "127.0.0.1", port
-        )
-        pubs.append(proto)
+    links = [Link() for _ in range(connections)]
+    pubs = [Publisher(i, body_bytes, latencies, links[i % connections]) for i in range(publishers)]
+    for p in pubs:
+        p.link.publishers[p.index] = p
+    for link in links:
+        await loop.create_connection(lambda link=link: link, "127.0.0.1", port)
     await asyncio.sleep(0.2)
     for p in pubs:  # warm-up
         p.running = True
         p.publish()
+    for link in links:
+        link.flush()
     await asyncio.sleep(0.5)
     latencies.clear()
     base = sum(p.acked for p in pubs)
@@ -145,8 +174,9 @@ async def _load(port: int, publishers: int, duration: float, body_bytes: int) ->
     acked = sum(p.acked for p in pubs) - base
     for p in pubs:
         p.running = False
-        if p.transport is not None:
-            p.transport.close()
+    for link in links:
+        if link.transport is not None:
+            link.transport.close()
     lat = sorted(latencies)
     return {
         "acked": acked,
@@ -157,8 +187,14 @@ async def _load(port: int, publishers: int, duration: float, body_bytes: int) ->
     }
 
 
-def measure(publishers: int, sync: str, duration: float, body_bytes: int = 200) -> dict[str, Any]:
-    """One W2 run against a fresh single-node JetStream; ``sync`` is ``lazy`` or ``always``."""
+def measure(
+    publishers: int, sync: str, duration: float, body_bytes: int = 200, connections: int | None = None
+) -> dict[str, Any]:
+    """One W2 run against a fresh single-node JetStream; ``sync`` is ``lazy`` or ``always``.
+
+    ``connections`` (default: one per publisher) spreads the publishers over that many.
+    """
+    connections = min(connections or publishers, publishers)
     store = Path(tempfile.mkdtemp(prefix="tidings-bench-js-"))
     conf = store / "js.conf"
     sync_line = "sync_interval: always" if sync == "always" else ""
@@ -167,7 +203,7 @@ def measure(publishers: int, sync: str, duration: float, body_bytes: int = 200) 
     proc = start_server(port, ["-c", str(conf)])
     try:
         cpu0 = process_cpu_seconds(proc.pid)
-        figures = uvloop.run(_load(port, publishers, duration, body_bytes))
+        figures = uvloop.run(_load(port, publishers, duration, body_bytes, connections))
         cpu = process_cpu_seconds(proc.pid) - cpu0
     finally:
         proc.terminate()
@@ -177,7 +213,7 @@ def measure(publishers: int, sync: str, duration: float, body_bytes: int = 200) 
         "workload": "w2",
         "system": f"jetstream-{sync}",
         "publishers": publishers,
-        "connections": publishers,
+        "connections": connections,
         "duration_s": duration,
         "body_bytes": body_bytes,
         "fsync": sync == "always",
@@ -193,11 +229,12 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--sync", nargs="+", choices=["lazy", "always"], default=["lazy", "always"])
     parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--connections", type=int, default=None, help="default: one per publisher")
     args = parser.parse_args()
     pin_to(1)
     for n in args.publishers:
         for sync in args.sync:
-            print(json.dumps(measure(n, sync, args.duration)), flush=True)
+            print(json.dumps(measure(n, sync, args.duration, connections=args.connections)), flush=True)
 
 
 if __name__ == "__main__":
