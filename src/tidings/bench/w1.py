@@ -32,7 +32,10 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from tidings.bench.harness import BenchServer, ServerCpu, flood, latency_figures, pin_to
 
 HELLO = b'{"op":"hello","client":"bench-w1"}'
-SUB = b'[%b,{"op":"sub","topic":"sig/bench/>","rid":1}]' % HELLO
+#: each measurement its own topic: with ``urls`` both run against the same gateways, and
+#: what the saturation left queued there must not reach the latency's subscribers
+SATURATION_TOPIC = b"sig/bench/t"
+LATENCY_TOPIC = b"sig/bench-latency/t"
 _decode = msgspec.json.Decoder()
 
 
@@ -52,6 +55,8 @@ class Counter(WSListener):
             self.transport.disconnect()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is not WSMsgType.TEXT:
+            return  # a close (or a continuation, never sent by tidings): nothing to count
         if self.latencies is None:
             data = frame.get_payload_as_bytes()
             self.count += data.count(b'"op":"msg"')
@@ -78,25 +83,27 @@ class Counter(WSListener):
                 self.dropped += f["count"]
 
 
-async def _subscribers(urls: list[str], n: int, latencies: list[float] | None) -> list[Counter]:
+async def _subscribers(urls: list[str], n: int, topic: bytes, latencies: list[float] | None) -> list[Counter]:
+    sub = b'[%b,{"op":"sub","topic":"%b","rid":1}]' % (HELLO, topic)
     subs = []
     for i in range(n):
         transport, listener = await ws_connect(
             lambda: Counter(latencies), urls[i % len(urls)], read_buffer_init_size=256 * 1024
         )
         assert isinstance(listener, Counter)
-        transport.send(WSMsgType.TEXT, SUB)
+        transport.send(WSMsgType.TEXT, sub)
         subs.append(listener)
     await asyncio.gather(*(s.ready.wait() for s in subs))
     return subs
 
 
 async def saturate(urls: list[str], subscribers: int, body_bytes: int, duration: float) -> dict[str, Any]:
-    subs = await _subscribers(urls, subscribers, None)
+    subs = await _subscribers(urls, subscribers, SATURATION_TOPIC, None)
     pub, _ = await ws_connect(WSListener, urls[0])
     pub.send(WSMsgType.TEXT, HELLO)
     body = json.dumps("x" * max(0, body_bytes - 2)).encode()
-    batch = b"[" + b",".join([b'{"op":"pub","topic":"sig/bench/t","body":%b}' % body] * 64) + b"]"
+    pub_frame = b'{"op":"pub","topic":"%b","body":%b}' % (SATURATION_TOPIC, body)
+    batch = b"[" + b",".join([pub_frame] * 64) + b"]"
     # Flow control counts what the server dropped for a slow subscriber (and said so) as
     # settled: waiting for it would stall the publisher for good.
     sent, elapsed = await flood(
@@ -118,7 +125,7 @@ async def saturate(urls: list[str], subscribers: int, body_bytes: int, duration:
 
 async def latency(urls: list[str], members: int, rate: float, duration: float) -> dict[str, Any]:
     latencies: list[float] = []
-    subs = await _subscribers(urls, members, latencies)
+    subs = await _subscribers(urls, members, LATENCY_TOPIC, latencies)
     pub, _ = await ws_connect(WSListener, urls[0])
     pub.send(WSMsgType.TEXT, HELLO)
     await asyncio.sleep(0.2)
@@ -129,7 +136,9 @@ async def latency(urls: list[str], members: int, rate: float, duration: float) -
         due = started + n * interval
         if now < due:
             await asyncio.sleep(due - now)
-        pub.send(WSMsgType.TEXT, b'{"op":"pub","topic":"sig/bench/t","body":%d}' % time.perf_counter_ns())
+        pub.send(
+            WSMsgType.TEXT, b'{"op":"pub","topic":"%b","body":%d}' % (LATENCY_TOPIC, time.perf_counter_ns())
+        )
         n += 1
     await asyncio.sleep(0.2)
     pub.disconnect()
