@@ -6,7 +6,9 @@ lie the puback's way to the client and the next pub's way back. This times 256-b
 overwrites + fdatasync in a preallocated file (as the log writes) after gaps of 0,
 0.1, 0.2 and 0.5 ms, spent either spinning (the CPU stays busy) or sleeping (it may
 halt), the gaps taking turns so drift hits them alike. Prints one JSON line per gap
-and way of waiting.
+and way of waiting. (With no gap both ways are the same test; ``time.sleep`` oversleeps
+by the kernel's timer slack, ~50 µs, so the sleeping gaps are longer than labelled and
+the spinning ones are exact.)
 
     .venv/bin/python bench/fdatasync_gaps.py --rounds 6 --syncs 300
 """

@@ -7,8 +7,9 @@ publishers and connections, it cannot beat this: the figure is the cost of the
 WebSocket round trips themselves (a receive and a send system call per message and
 connection on each side) on two cores. Prints one JSON line per configuration.
 
-With ``--fsync`` the server also writes each message of pubs to a preallocated file
-and fdatasyncs it, in the same callback, before it answers: the floor of a durable
+With ``--fsync`` the server also writes each WebSocket message of pubs to a
+preallocated file and fdatasyncs it, in the same callback, before it answers (one
+sync per arrival: with ``--connections`` an arrival is a batch of pubs): the floor of a durable
 ack on this machine (no batching, no threads, the event loop blocked during the
 sync), with the raw fdatasync p99 sampled around the load as ``tidings bench w2``
 does, to compare ``ack_p99_vs_raw_p99`` with.

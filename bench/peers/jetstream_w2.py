@@ -27,6 +27,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -71,8 +72,10 @@ class Publisher:
         )
 
     def acked_with(self, payload: bytes) -> None:
+        """The stream answered; an error answer is counted, not acked, and ends this publisher."""
         if b'"error"' in payload:
             self.errors += 1
+            return
         if not self.running:
             return
         self.latencies.append(time.perf_counter() - self.sent_at)
@@ -92,6 +95,8 @@ class Link(asyncio.Protocol):
         self.publishers: dict[int, Publisher] = {}
         self.buffer = b""
         self.out: list[bytes] = []
+        #: the server's ``-ERR`` line, if it sent one (the run then fails)
+        self.failed: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -117,20 +122,26 @@ class Link(asyncio.Protocol):
             if end < 0:
                 return
             line = self.buffer[:end]
-            if line.startswith(b"MSG "):  # MSG <subject> <sid> [reply-to] <size>
+            # MSG <subject> <sid> [reply-to] <size>; HMSG (a status such as 503 no
+            # responders) ... <header size> <total size>: either way the size is last
+            if line.startswith((b"MSG ", b"HMSG ")):
                 parts = line.split(b" ")
                 size = int(parts[-1])
                 if len(self.buffer) < end + 2 + size + 2:
                     return
                 payload = self.buffer[end + 2 : end + 2 + size]
                 self.buffer = self.buffer[end + 2 + size + 2 :]
-                self.publishers[int(parts[2])].acked_with(payload)
+                publisher = self.publishers[int(parts[2])]
+                if line.startswith(b"HMSG "):
+                    publisher.errors += 1  # a status, not the stream's ack
+                else:
+                    publisher.acked_with(payload)
                 continue
             self.buffer = self.buffer[end + 2 :]
             if line == b"PING":
                 self.out.append(b"PONG\r\n")
             elif line.startswith(b"-ERR"):
-                raise RuntimeError(line.decode())
+                self.failed = line.decode()
 
 
 async def _create_stream(port: int) -> None:
@@ -148,8 +159,14 @@ async def _ignore(exc: Exception) -> None:
 
 
 async def _load(
-    port: int, publishers: int, duration: float, body_bytes: int, connections: int
+    port: int,
+    publishers: int,
+    duration: float,
+    body_bytes: int,
+    connections: int,
+    cpu_seconds: Callable[[], float],
 ) -> dict[str, Any]:
+    """Run the publishers; the server's CPU (``cpu_seconds``) is sampled at the measured window's ends."""
     await _create_stream(port)
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
@@ -168,22 +185,29 @@ async def _load(
     await asyncio.sleep(0.5)
     latencies.clear()
     base = sum(p.acked for p in pubs)
+    cpu0 = cpu_seconds()
     started = time.perf_counter()
     await asyncio.sleep(duration)
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu0
     acked = sum(p.acked for p in pubs) - base
+    errors = sum(p.errors for p in pubs)
+    failed = [link.failed for link in links if link.failed]
     for p in pubs:
         p.running = False
     for link in links:
         if link.transport is not None:
             link.transport.close()
+    if failed or errors:
+        raise RuntimeError(f"JetStream refused publishes: {errors} error answers, {failed}")
     lat = sorted(latencies)
     return {
         "acked": acked,
         "acked_per_s": round(acked / elapsed),
         "ack_p50_ms": round(percentile(lat, 0.50) * 1000, 3),
         "ack_p99_ms": round(percentile(lat, 0.99) * 1000, 3),
-        "errors": sum(p.errors for p in pubs),
+        "errors": errors,
+        "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, acked), 2),
     }
 
 
@@ -202,9 +226,10 @@ def measure(
     port = free_port()
     proc = start_server(port, ["-c", str(conf)])
     try:
-        cpu0 = process_cpu_seconds(proc.pid)
-        figures = uvloop.run(_load(port, publishers, duration, body_bytes, connections))
-        cpu = process_cpu_seconds(proc.pid) - cpu0
+        pid = proc.pid
+        figures = uvloop.run(
+            _load(port, publishers, duration, body_bytes, connections, lambda: process_cpu_seconds(pid))
+        )
     finally:
         proc.terminate()
         proc.wait()
@@ -218,7 +243,6 @@ def measure(
         "body_bytes": body_bytes,
         "fsync": sync == "always",
         **figures,
-        "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, figures["acked"]), 2),
     }
 
 

@@ -311,3 +311,40 @@ async def test_a_closed_connection_s_many_subscriptions_are_dropped_over_several
     publisher = await authed(gw.url, token)
     await publisher.send({"op": "pub", "topic": "sig/many/t7", "body": "still here"})
     assert (await other.expect("msg"))["body"] == "still here"
+
+
+async def test_a_fanout_worked_through_in_slices_reaches_subscribers_in_fewer_messages_than_slices(
+    gw: Gateway,
+) -> None:
+    """4 messages of 1,024 pubs to 20 subscribers: the batch takes many 0.5 ms slices, but
+    while it goes on each subscriber's flush is held back (up to ``BATCH_FLUSH_DELAY_S``), so
+    the deliveries arrive in far fewer WebSocket messages than there were slices, all in
+    order; another client's publish meanwhile is answered long before the batch is done."""
+    token = gw.authority.mint("fanner", **ALL)
+    subscribers = [await authed(gw.url, token) for _ in range(20)]
+    for sub in subscribers:
+        await sub.send({"op": "sub", "topic": "sig/fan/x", "rid": 1})
+        await sub.expect("subbed")
+        sub.messages_received = 0
+    slices = 1
+    batch_continues = gw.batch_continues
+
+    def counting(conn: Any, fed_from: int) -> None:
+        nonlocal slices
+        slices += 1
+        batch_continues(conn, fed_from)
+
+    gw.batch_continues = counting  # type: ignore[method-assign]
+    big = await authed(gw.url, token)
+    small = await authed(gw.url, token)
+    for m in range(4):
+        await big.send(*[{"op": "pub", "topic": "sig/fan/x", "body": m * 1024 + i} for i in range(1024)])
+    await small.send({"op": "pub", "topic": "sig/fan/y", "body": "hi", "rid": 1})
+    await small.expect("puback")
+    assert gw.stats.published < 4096, "the small publish was answered only after the whole batch"
+    for sub in subscribers:
+        got = [(await sub.expect("msg", timeout=10))["body"] for _ in range(4096)]
+        assert got == list(range(4096))
+    received = [sub.messages_received for sub in subscribers]
+    assert slices >= 8, f"the batch took only {slices} slices: nothing to hold back"
+    assert max(received) < slices / 2, f"{received} messages per subscriber for {slices} slices"

@@ -234,6 +234,7 @@ class Connection(WSListener):
             self._continue.cancel()
             self._continue = None
         until = time.perf_counter() + SLICE_S
+        fed_from = self.gateway.dirty_count
         for n, frame in enumerate(self.session.events_received(), 1):
             try:
                 if type(frame) is _PUB:  # the common frame, without _dispatch's call
@@ -276,7 +277,12 @@ class Connection(WSListener):
                 break
         if self.session.pending_bytes or self.session.close_code is not None:
             self.gateway.mark_dirty(self)
-        self._pace(self.session.has_incoming)
+        more = self.session.has_incoming
+        if more:
+            self.gateway.batch_continues(self, fed_from)
+        elif self.gateway.sliced:
+            self.gateway.sliced.discard(self)
+        self._pace(more)
 
     def _may_refuse(self) -> bool:
         """Count one refusal of a frame for the client's own fault; False once the burst is spent.

@@ -55,6 +55,10 @@ HEALTH_PATHS = (b"/healthz", b"/health")
 DROP_SLICE = 128
 #: encoded durable deliveries kept for reuse within one loop turn
 MAX_ENCODED_DELIVERIES = 4096
+#: longest a connection fed by a batch still being worked through waits for its flush
+#: (``Gateway.batch_continues``), and the bytes after which it is flushed anyway
+BATCH_FLUSH_DELAY_S = 0.002
+BATCH_FLUSH_BYTES = 64 * 1024
 
 
 class Gateway:
@@ -91,6 +95,10 @@ class Gateway:
         self.server_name = f"tidings/{tidings.__version__}"
         self.connections: set[Connection] = set()
         self._dirty: list[Connection] = []
+        #: connections whose batch of frames goes on in a later loop turn (``batch_continues``)
+        self.sliced: set[Connection] = set()
+        #: connections fed by such a batch, whose flush is held back -> since when (``_hold_back``)
+        self._held: dict[Connection, float] = {}
         #: (topic, offset, attempt, binary) -> an encoded delivery, for this loop turn
         self._deliveries: dict[tuple[str, int, int, bool], bytes] = {}
         self._flush_scheduled = False
@@ -215,6 +223,8 @@ class Gateway:
 
     def unregister(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        self.sliced.discard(conn)
+        self._held.pop(conn, None)
         subs = list(conn.subs.values())
         conn.subs.clear()
         if len(subs) <= DROP_SLICE and not self._to_drop:
@@ -374,12 +384,64 @@ class Gateway:
             assert self._loop is not None
             self._loop.call_soon(self._flush)
 
+    @property
+    def dirty_count(self) -> int:
+        """Connections to flush at the end of this turn so far (``batch_continues``' ``fed_from``)."""
+        return len(self._dirty)
+
+    def batch_continues(self, conn: Connection, fed_from: int) -> None:
+        """``conn``'s frames go on in a later turn; the connections made dirty since
+        ``fed_from`` (what this slice of the batch fed) may have their flush held back.
+
+        A fanout worked through in 0.5 ms slices would otherwise send each subscriber
+        one small message per slice, and at 100 subscribers those sends were the
+        server's largest cost (docs/performance.md, "Where W1 ... spends the server").
+        A held connection is flushed once ``BATCH_FLUSH_DELAY_S`` have passed or
+        ``BATCH_FLUSH_BYTES`` wait for it, and at once when no batch goes on any more.
+        Connections made dirty by anything else (another client's own replies) are
+        never held.
+        """
+        self.sliced.add(conn)
+        now = time.monotonic()
+        held = self._held
+        for fed in itertools.islice(self._dirty, fed_from, None):
+            held.setdefault(fed, now)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._deliveries.clear()
         dirty, self._dirty = self._dirty, []
+        if self._held:
+            dirty = self._hold_back(dirty)
         for conn in dirty:
             conn.flush()
+
+    def _hold_back(self, dirty: list[Connection]) -> list[Connection]:
+        """The connections of ``dirty`` to flush now; the held ones stay dirty for a later turn."""
+        held = self._held
+        if not self.sliced:  # no batch goes on: nothing waits any longer
+            held.clear()
+            return dirty
+        now = time.monotonic()
+        flush = []
+        for conn in dirty:
+            since = held.get(conn)
+            if (
+                since is not None
+                and now - since < BATCH_FLUSH_DELAY_S
+                and conn.session.pending_bytes < BATCH_FLUSH_BYTES
+                and conn.session.close_code is None
+            ):
+                self._dirty.append(conn)
+            else:
+                if since is not None:
+                    del held[conn]
+                flush.append(conn)
+        if self._dirty and not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+        return flush
 
 
 def engine_for(
