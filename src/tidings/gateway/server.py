@@ -316,6 +316,11 @@ class Gateway:
                 if len(opened) == 2:
                     break
         delivered = 0
+        # Subscriptions with the same sid (most have sid 1) share one encoded delivery:
+        # one bytes object per sid, not a copy per subscriber (and the flushes that join
+        # it into each subscriber's message read the same memory). A suffix names its
+        # codec too: msgpack's and JSON's never look alike.
+        stamped: dict[bytes, bytes] = {}
         for sub in subs:
             conn = sub.conn
             if conn.write_paused:  # not keeping up: drop, count, tell it when it catches up
@@ -323,7 +328,11 @@ class Gateway:
                 self.stats.dropped += 1
                 self.stats.drops[namespace_of(msg.topic)] += 1
                 continue
-            conn.session.send_encoded(opened[conn.binary] + sub.suffix)
+            suffix = sub.suffix
+            data = stamped.get(suffix)
+            if data is None:
+                data = stamped[suffix] = opened[conn.binary] + suffix
+            conn.session.send_encoded(data)
             delivered += 1
             if not conn.dirty:
                 self.mark_dirty(conn)
