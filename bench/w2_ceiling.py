@@ -35,8 +35,8 @@ import msgspec
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
 
-from tidings.bench.harness import percentile, pin_to, process_cpu_seconds
-from tidings.bench.w2 import _drive, raw_fdatasync
+from tidings.bench.harness import pin_to, process_cpu_seconds
+from tidings.bench.w2 import _drive, against_raw, raw_fdatasync
 
 WELCOME = b'{"op":"welcome","agent":"anonymous","session":"s","server":"ceiling","rid":null}'
 _decode = msgspec.json.Decoder()
@@ -115,11 +115,7 @@ def measure(
     system = "bare picows + fdatasync" if fsync else "bare picows"
     result = {"workload": "w2-ceiling", "system": system, "publishers": publishers, **figures}
     if raw:
-        raw.sort()
-        raw_p99_ms = percentile(raw, 0.99) * 1000
-        result["raw_fdatasync_p50_ms"] = round(percentile(raw, 0.50) * 1000, 3)
-        result["raw_fdatasync_p99_ms"] = round(raw_p99_ms, 3)
-        result["ack_p99_vs_raw_p99"] = round(figures["ack_p99_ms"] / max(raw_p99_ms, 1e-6), 2)
+        result.update(against_raw(figures["ack_p99_ms"], raw))
     return result
 
 

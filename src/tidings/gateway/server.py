@@ -389,9 +389,12 @@ class Gateway:
         conn.dirty = True
         self._dirty.append(conn)
         if not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush)
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        assert self._loop is not None
+        self._loop.call_soon(self._flush)
 
     @property
     def dirty_count(self) -> int:
@@ -415,6 +418,10 @@ class Gateway:
         held = self._held
         for fed in itertools.islice(self._dirty, fed_from, None):
             held.setdefault(fed, now)
+
+    def batch_done(self, conn: Connection) -> None:
+        """``conn`` has acted on every frame it received (see ``batch_continues``)."""
+        self.sliced.discard(conn)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -447,9 +454,7 @@ class Gateway:
                     del held[conn]
                 flush.append(conn)
         if self._dirty and not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush)
+            self._schedule_flush()
         return flush
 
 
