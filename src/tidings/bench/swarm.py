@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
+import os
 import time
 from array import array
 from collections.abc import Awaitable, Callable
@@ -138,6 +139,9 @@ async def _worker(
             if time.monotonic_ns() - tally.last_ns > QUIET_S * 1e9:
                 break
             await asyncio.sleep(0.05)
+        # The loop made the pipe non-blocking; a step's latencies can outgrow the
+        # pipe's buffer while the parent still reads another worker's report.
+        os.set_blocking(pipe.fileno(), True)
         pipe.send(
             {
                 "published": published,
