@@ -205,6 +205,24 @@ async def test_settled_messages_leave_no_timers_behind(gw: Gateway, token: str) 
     assert len(gw.consumers._wakeups) == 1, "one wake-up for the consumer's earliest timer"
 
 
+async def test_acks_in_delivery_order_leave_only_the_inflight_timers(gw: Gateway, token: str) -> None:
+    """Each ack in order drops its ack_wait timer at once (no settled entries wait for compaction)."""
+    pub = await authed(gw.url, token)
+    await publish(pub, "conv/c8/chat", 40)
+    c = await consume(gw.url, token, "conv/c8/>")
+    got = await collect(c, 40)
+    (consumer,) = gw.consumers.by_key.values()
+    assert len(consumer.timers) == 40
+    for n, m in enumerate(got[:30], 1):
+        await c.send({"op": "ack", "sid": m["sid"], "topic": m["topic"], "offset": m["offset"]})
+        for _ in range(200):
+            if len(consumer.pending) == 40 - n:
+                break
+            await asyncio.sleep(0.005)
+        assert len(consumer.pending) == 40 - n
+        assert len(consumer.timers) == len(consumer.pending)
+
+
 async def test_nack_redelivers_after_delay(gw: Gateway, token: str) -> None:
     pub = await authed(gw.url, token)
     await publish(pub, "conv/c2/chat", 1)
