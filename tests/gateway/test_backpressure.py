@@ -328,14 +328,14 @@ async def test_a_fanout_worked_through_in_slices_reaches_subscribers_in_fewer_me
         await sub.expect("subbed")
         sub.messages_received = 0
     slices = 1
-    batch_continues = gw.batch_continues
+    batch_continues = gw.flusher.batch_continues
 
     def counting(conn: Any, fed_from: int) -> None:
         nonlocal slices
         slices += 1
         batch_continues(conn, fed_from)
 
-    gw.batch_continues = counting  # type: ignore[method-assign]
+    gw.flusher.batch_continues = counting  # type: ignore[method-assign]
     big = await authed(gw.url, token)
     small = await authed(gw.url, token)
     # The hold is bounded in time: the first deliveries arrive while the first message's

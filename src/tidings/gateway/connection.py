@@ -172,7 +172,7 @@ class Connection(WSListener):
             if sub is not None:
                 self.session.send(f.Dropped(sid=sid, topic=sub.pattern, count=count))
         self.dropped.clear()
-        self.gateway.mark_dirty(self)
+        self.gateway.flusher.mark_dirty(self)
         for sub in self.subs.values():
             if sub.consumer is not None:
                 sub.consumer.schedule()
@@ -234,7 +234,7 @@ class Connection(WSListener):
             self._continue.cancel()
             self._continue = None
         until = time.perf_counter() + SLICE_S
-        fed_from = self.gateway.dirty_count
+        fed_from = self.gateway.flusher.dirty_count
         for n, frame in enumerate(self.session.events_received(), 1):
             try:
                 if type(frame) is _PUB:  # the common frame, without _dispatch's call
@@ -276,12 +276,12 @@ class Connection(WSListener):
             if not n % SLICE_CHECK and time.perf_counter() > until and self.session.has_incoming:
                 break
         if self.session.pending_bytes or self.session.close_code is not None:
-            self.gateway.mark_dirty(self)
+            self.gateway.flusher.mark_dirty(self)
         more = self.session.has_incoming
         if more:
-            self.gateway.batch_continues(self, fed_from)
-        elif self.gateway.sliced:  # the common case skips the call
-            self.gateway.batch_done(self)
+            self.gateway.flusher.batch_continues(self, fed_from)
+        elif self.gateway.flusher.sliced:  # the common case skips the call
+            self.gateway.flusher.batch_done(self)
         self._pace(more)
 
     def _may_refuse(self) -> bool:
@@ -438,7 +438,7 @@ class Connection(WSListener):
                 )
             gateway.stats.reject(error.code)
             self.session.send(error_frame(error, sub.rid))
-            gateway.mark_dirty(self)
+            gateway.flusher.mark_dirty(self)
             return
         subscription.consumer = consumer
         if self.subs.get(subscription.sid) is not subscription or self.session.state is not State.OPEN:
@@ -453,7 +453,7 @@ class Connection(WSListener):
             self.session.send_priority(subbed)
         else:
             self.session.send(subbed)
-        gateway.mark_dirty(self)
+        gateway.flusher.mark_dirty(self)
 
     def _on_unsub(self, unsub: f.Unsub) -> None:
         subscription = self.subs.pop(unsub.sid, None)
@@ -570,17 +570,17 @@ class Connection(WSListener):
                     f.Puback(id=msg_id, rid=rid, offset=result.offset, duplicate=result.duplicate)
                 )
         if not self.dirty:
-            self.gateway.mark_dirty(self)
+            self.gateway.flusher.mark_dirty(self)
 
     # -- timers and closing ---------------------------------------------------
 
     def _hello_deadline(self) -> None:
         self.session.hello_deadline_passed()
-        self.gateway.mark_dirty(self)
+        self.gateway.flusher.mark_dirty(self)
 
     def _token_expired(self) -> None:
         self.session.fail(Unauthorized("token has expired"), CloseCode.POLICY_VIOLATION)
-        self.gateway.mark_dirty(self)
+        self.gateway.flusher.mark_dirty(self)
 
     def flush(self) -> None:
         """Send what the session has queued as one message; close if it asked to."""
@@ -599,7 +599,7 @@ class Connection(WSListener):
 
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         self.session.close(code, reason)
-        self.gateway.mark_dirty(self)
+        self.gateway.flusher.mark_dirty(self)
 
 
 _size_encoder = msgspec.msgpack.Encoder()

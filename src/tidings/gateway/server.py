@@ -1,7 +1,7 @@
 """The gateway: the WebSocket server that holds the sockets and streams events.
 
 ``Gateway`` owns what its connections share: settings, the token authority,
-the subscription router, the fanout, and the once-per-loop-turn flush. Start
+the subscription router, the fanout, and the once-per-loop-turn flush (``flushing.Flusher``). Start
 it with ``await gateway.start()``; stop it with ``await gateway.stop()``,
 which drains: it stops accepting, tells every client ``going away`` (1001),
 and waits up to ``drain_timeout`` for them to leave.
@@ -36,6 +36,7 @@ from tidings.engine.embedded import EmbeddedEngine
 from tidings.errors import InvalidFrame
 from tidings.gateway.connection import Connection
 from tidings.gateway.consumers import Consumers
+from tidings.gateway.flushing import Flusher
 from tidings.gateway.limits import Limiter
 from tidings.gateway.router import Router
 from tidings.gateway.subscription import Subscription
@@ -55,10 +56,6 @@ HEALTH_PATHS = (b"/healthz", b"/health")
 DROP_SLICE = 128
 #: encoded durable deliveries kept for reuse within one loop turn
 MAX_ENCODED_DELIVERIES = 4096
-#: longest a connection fed by a batch still being worked through waits for its flush
-#: (``Gateway.batch_continues``), and the bytes after which it is flushed anyway
-BATCH_FLUSH_DELAY_S = 0.002
-BATCH_FLUSH_BYTES = 64 * 1024
 
 
 class Gateway:
@@ -94,14 +91,10 @@ class Gateway:
         self.router: Router[Subscription] = Router()
         self.server_name = f"tidings/{tidings.__version__}"
         self.connections: set[Connection] = set()
-        self._dirty: list[Connection] = []
-        #: connections whose batch of frames goes on in a later loop turn (``batch_continues``)
-        self.sliced: set[Connection] = set()
-        #: connections fed by such a batch, whose flush is held back -> since when (``_hold_back``)
-        self._held: dict[Connection, float] = {}
         #: (topic, offset, attempt, binary) -> an encoded delivery, for this loop turn
         self._deliveries: dict[tuple[str, int, int, bool], bytes] = {}
-        self._flush_scheduled = False
+        #: the once-per-loop-turn flush of every connection that has frames to send
+        self.flusher = Flusher(settings.coalesce, on_flush=self._deliveries.clear)
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drained = asyncio.Event()
@@ -120,6 +113,7 @@ class Gateway:
         Raises ``StorageError`` (e.g. ``CorruptLog``) if the durable log cannot be opened.
         """
         self._loop = asyncio.get_running_loop()
+        self.flusher.start(self._loop)
         await self.engine.start()
         await self.catalog.open(self.engine)
         self.catalog.on_revoke(self._token_revoked)
@@ -160,7 +154,7 @@ class Gateway:
         self._server.close()
         for conn in list(self.connections):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
-        self._flush()
+        self.flusher.flush()
         if self.connections:
             self._drained.clear()
             with contextlib.suppress(TimeoutError):
@@ -223,8 +217,7 @@ class Gateway:
 
     def unregister(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        self.sliced.discard(conn)
-        self._held.pop(conn, None)
+        self.flusher.forget(conn)
         subs = list(conn.subs.values())
         conn.subs.clear()
         if len(subs) <= DROP_SLICE and not self._to_drop:
@@ -335,7 +328,7 @@ class Gateway:
             conn.session.send_encoded(data)
             delivered += 1
             if not conn.dirty:
-                self.mark_dirty(conn)
+                self.flusher.mark_dirty(conn)
         stats = self.stats
         stats.delivered += delivered
         if delivered:
@@ -360,7 +353,7 @@ class Gateway:
             targets.extend(m for m in consumer.members if isinstance(m, Subscription))
         for sub in targets:
             sub.conn.session.send(msgspec.structs.replace(chunk, sid=sub.sid))
-            self.mark_dirty(sub.conn)
+            self.flusher.mark_dirty(sub.conn)
 
     def encoded_delivery(self, msg: f.Msg, attempt: int, conn: Connection) -> bytes:
         """``msg`` at ``attempt``, encoded for ``conn``'s codec without a sid, open for one.
@@ -378,84 +371,6 @@ class Gateway:
             data = codec.open_shared(codec.encode_shared(msgspec.structs.replace(msg, attempt=attempt)))
             self._deliveries[key] = data
         return data
-
-    def mark_dirty(self, conn: Connection) -> None:
-        """Flush ``conn`` at the end of this event-loop turn (once, however many frames)."""
-        if not self.settings.coalesce:
-            conn.flush()
-            return
-        if conn.dirty:
-            return
-        conn.dirty = True
-        self._dirty.append(conn)
-        if not self._flush_scheduled:
-            self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        self._flush_scheduled = True
-        assert self._loop is not None
-        self._loop.call_soon(self._flush)
-
-    @property
-    def dirty_count(self) -> int:
-        """Connections to flush at the end of this turn so far (``batch_continues``' ``fed_from``)."""
-        return len(self._dirty)
-
-    def batch_continues(self, conn: Connection, fed_from: int) -> None:
-        """``conn``'s frames go on in a later turn; the connections made dirty since
-        ``fed_from`` (what this slice of the batch fed) may have their flush held back.
-
-        A fanout worked through in 0.5 ms slices would otherwise send each subscriber
-        one small message per slice, and at 100 subscribers those sends were the
-        server's largest cost (docs/performance.md, "Where W1 ... spends the server").
-        A held connection is flushed once ``BATCH_FLUSH_DELAY_S`` have passed or
-        ``BATCH_FLUSH_BYTES`` wait for it, and at once when no batch goes on any more.
-        Connections made dirty by anything else (another client's own replies) are
-        never held.
-        """
-        self.sliced.add(conn)
-        now = time.monotonic()
-        held = self._held
-        for fed in itertools.islice(self._dirty, fed_from, None):
-            held.setdefault(fed, now)
-
-    def batch_done(self, conn: Connection) -> None:
-        """``conn`` has acted on every frame it received (see ``batch_continues``)."""
-        self.sliced.discard(conn)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self._deliveries.clear()
-        dirty, self._dirty = self._dirty, []
-        if self._held:
-            dirty = self._hold_back(dirty)
-        for conn in dirty:
-            conn.flush()
-
-    def _hold_back(self, dirty: list[Connection]) -> list[Connection]:
-        """The connections of ``dirty`` to flush now; the held ones stay dirty for a later turn."""
-        held = self._held
-        if not self.sliced:  # no batch goes on: nothing waits any longer
-            held.clear()
-            return dirty
-        now = time.monotonic()
-        flush = []
-        for conn in dirty:
-            since = held.get(conn)
-            if (
-                since is not None
-                and now - since < BATCH_FLUSH_DELAY_S
-                and conn.session.pending_bytes < BATCH_FLUSH_BYTES
-                and conn.session.close_code is None
-            ):
-                self._dirty.append(conn)
-            else:
-                if since is not None:
-                    del held[conn]
-                flush.append(conn)
-        if self._dirty and not self._flush_scheduled:
-            self._schedule_flush()
-        return flush
 
 
 def engine_for(

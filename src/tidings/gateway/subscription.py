@@ -52,7 +52,7 @@ class Subscription:
             conn.session.send_encoded_priority(data)
         else:
             conn.session.send_encoded(data)
-        conn.gateway.mark_dirty(conn)
+        conn.gateway.flusher.mark_dirty(conn)
 
     def deliver_gap(self, topic: str, first: int, last: int, reason: str) -> None:
         self._send(f.Gap(sid=self.sid, topic=topic, first=first, last=last, reason=reason))
@@ -62,4 +62,4 @@ class Subscription:
             self.conn.session.send_priority(frame)
         else:
             self.conn.session.send(frame)
-        self.conn.gateway.mark_dirty(self.conn)
+        self.conn.gateway.flusher.mark_dirty(self.conn)
