@@ -1,10 +1,10 @@
 """The gateway: the WebSocket server that holds the sockets and streams events.
 
 ``Gateway`` owns what its connections share: settings, the token authority,
-the subscription router, the fanout, and the once-per-loop-turn flush (``flushing.Flusher``). Start
-it with ``await gateway.start()``; stop it with ``await gateway.stop()``,
-which drains: it stops accepting, tells every client ``going away`` (1001),
-and waits up to ``drain_timeout`` for them to leave.
+the subscription router, the fanout, and the once-per-loop-turn flush
+(``flushing.Flusher``). Start it with ``await gateway.start()``; stop it with
+``await gateway.stop()``, which drains: it stops accepting, tells every client
+``going away`` (1001), and waits up to ``drain_timeout`` for them to leave.
 """
 
 from __future__ import annotations
