@@ -356,7 +356,7 @@ class Consumer:
             stats.redelivered(msg.topic, msg.id)
         elif self.acks:
             stats.observe("publish_deliver", namespace, self.label, time.time() - msg.ts / 1000)
-        p.sent = time.monotonic()
+        now = p.sent = time.monotonic()
         tracer = self.registry.tracer
         if tracer is not None and tracer.enabled:
             span = tracer.start("tidings deliver", msg.headers.get(TRACEPARENT), "SERVER")
@@ -381,7 +381,7 @@ class Consumer:
         p.member, p.phase = member, Phase.INFLIGHT
         member.inflight += 1
         self.cursor_dirty = True  # its attempt is part of the cursor
-        self._arm(p, time.monotonic() + self.policy.ack_wait_ms / 1000)
+        self._arm(p, now + self.policy.ack_wait_ms / 1000)
 
     def _arm(self, p: Pending, due: float) -> None:
         p.due = due
@@ -418,7 +418,8 @@ class Consumer:
                 stats.observe("deliver_handled", namespace, self.label, handled)
                 stats.observe("handled_ack", namespace, self.label, time.monotonic() - p.sent - handled)
             self._done(ack.topic, ack.offset)
-        self.schedule()
+            if self.ready or self.lagging:  # its member has room again for what waits
+                self.schedule()
 
     def progress(self, member: Member, topic: str, offset: int) -> None:
         """The member is still working on it: restart its ack_wait."""
