@@ -13,6 +13,7 @@ from tests.gateway.wsclient import Raw, authed
 from tidings.auth import Authority
 from tidings.config import NamespacePolicy, Settings, default_namespaces
 from tidings.gateway import Gateway
+from tidings.gateway.consumer import TopicState
 
 ALL = {"pub": [">"], "subs": [">"]}
 
@@ -221,6 +222,16 @@ async def test_acks_in_delivery_order_leave_only_the_inflight_timers(gw: Gateway
             await asyncio.sleep(0.005)
         assert len(consumer.pending) == 40 - n
         assert len(consumer.timers) == len(consumer.pending)
+
+
+def test_a_topic_cursor_keeps_only_the_acks_above_its_floor() -> None:
+    state = TopicState(10)
+    state.outstanding, state.acked = {12, 15}, {5, 11, 13, 14}
+    cursor = state.cursor({})
+    assert (cursor.floor, cursor.acked) == (11, [13, 14])
+    state.outstanding, state.read_through, state.acked = set(), 20, {13, 14, 16}
+    cursor = state.cursor({})
+    assert (cursor.floor, cursor.acked, state.acked) == (20, [], set())
 
 
 async def test_nack_redelivers_after_delay(gw: Gateway, token: str) -> None:

@@ -112,7 +112,11 @@ class TopicState:
 
     def cursor(self, attempts: dict[int, int]) -> TopicCursor:
         floor = min(self.outstanding) - 1 if self.outstanding else self.read_through
-        self.acked = {o for o in self.acked if o > floor}
+        if self.acked:
+            if max(self.acked) <= floor:  # the common case: acked in order, all below the floor
+                self.acked.clear()
+            else:
+                self.acked = {o for o in self.acked if o > floor}
         if self.attempts:  # not read again yet: still theirs
             attempts = {o: n for o, n in self.attempts.items() if o > floor} | attempts
         return TopicCursor(floor=floor, acked=sorted(self.acked), attempts=attempts)
