@@ -111,6 +111,11 @@ class PresenceTable:
     def __init__(self) -> None:
         self._conns: dict[object, _Conn] = {}
         self._online: dict[str, dict[object, None]] = {}
+        #: agent -> conversation topic -> subscriptions to it over all its connections, so
+        #: that a join or a disconnect costs the same however many connections the agent
+        #: holds (a pool of 5,000 workers under one identity took 10 s of the loop to
+        #: connect and disconnect when each of them looked at all the others)
+        self._topics: dict[str, dict[str, int]] = {}
         self._since: dict[str, int] = {}
         self._offline: OrderedDict[str, AgentPresence] = OrderedDict()
         self._listeners: list[PresenceListener] = []
@@ -130,6 +135,7 @@ class PresenceTable:
         self._conns[conn] = _Conn(agent, status or "idle", sorted(set(capabilities)))
         if agent not in self._online:
             self._online[agent] = {}
+            self._topics[agent] = {}
             self._since[agent] = _now_ms()
             self._offline.pop(agent, None)
         self._online[agent][conn] = None
@@ -139,23 +145,30 @@ class PresenceTable:
         entry = self._conns.get(conn)
         if entry is None:
             return
-        before = self._topics_of(entry.agent)
-        summary = self._summary(entry.agent)
-        del self._conns[conn]
-        conns = self._online[entry.agent]
-        del conns[conn]
-        if not conns:
-            del self._online[entry.agent]
-            del self._since[entry.agent]
+        agent = entry.agent
+        conns = self._online[agent]
+        counts = self._topics[agent]
+        gone = []
+        for topic, n in entry.topics.items():
+            if counts[topic] == n:
+                del counts[topic]
+                gone.append(topic)
+            else:
+                counts[topic] -= n
+        if len(conns) == 1:  # its last connection: remember how it was when it left
+            summary = self._summary(agent)
             summary.online, summary.connections, summary.conversations = False, 0, []
             summary.since_ms = _now_ms()
-            self._offline[entry.agent] = summary
+            del self._online[agent], self._topics[agent], self._since[agent]
+            self._offline[agent] = summary
             while len(self._offline) > OFFLINE_REMEMBERED:
                 self._offline.popitem(last=False)
-        after = self._topics_of(entry.agent)
-        for topic in sorted(before - after):
-            self._emit(PresenceEvent(agent=entry.agent, event="leave", topic=topic, status=entry.status))
-        self._changed(entry.agent)
+        else:
+            del conns[conn]
+        del self._conns[conn]
+        for topic in sorted(gone):
+            self._emit(PresenceEvent(agent=agent, event="leave", topic=topic, status=entry.status))
+        self._changed(agent)
 
     def update(self, conn: object, status: str | None, capabilities: Iterable[str] | None) -> None:
         """A ``presence`` frame: new status and/or capabilities for the agent of ``conn``."""
@@ -178,7 +191,9 @@ class PresenceTable:
         entry = self._conns.get(conn)
         if entry is None:
             return
-        first = topic not in self._topics_of(entry.agent)
+        counts = self._topics[entry.agent]
+        first = topic not in counts
+        counts[topic] = counts.get(topic, 0) + 1
         entry.topics[topic] = entry.topics.get(topic, 0) + 1
         if first:
             self._emit(PresenceEvent(agent=entry.agent, event="join", topic=topic, status=entry.status))
@@ -192,9 +207,12 @@ class PresenceTable:
         entry.topics[topic] -= 1
         if entry.topics[topic] == 0:
             del entry.topics[topic]
-            if topic not in self._topics_of(entry.agent):
-                self._emit(PresenceEvent(agent=entry.agent, event="leave", topic=topic, status=entry.status))
-                self._changed(entry.agent)
+        counts = self._topics[entry.agent]
+        counts[topic] -= 1
+        if counts[topic] == 0:  # no connection of the agent is in it any more
+            del counts[topic]
+            self._emit(PresenceEvent(agent=entry.agent, event="leave", topic=topic, status=entry.status))
+            self._changed(entry.agent)
 
     # -- what the control plane reads -------------------------------------------
 
@@ -221,7 +239,7 @@ class PresenceTable:
 
     def members_online(self, topic: str) -> list[str]:
         """Agents subscribed to conversation ``topic`` right now."""
-        return sorted(a for a in self._online if topic in self._topics_of(a))
+        return sorted(a for a, topics in self._topics.items() if topic in topics)
 
     # -- what a shared engine writes behind -------------------------------------
 
@@ -242,7 +260,7 @@ class PresenceTable:
     # -- helpers ----------------------------------------------------------------
 
     def _topics_of(self, agent: str) -> set[str]:
-        return {t for conn in self._online.get(agent, ()) for t in self._conns[conn].topics}
+        return set(self._topics.get(agent, ()))
 
     def _summary(self, agent: str) -> AgentPresence:
         entries = [self._conns[c] for c in self._online[agent]]
