@@ -40,6 +40,8 @@ def _run(coro: Any) -> Any:
 #: Container allocations between two collections of the garbage collector's youngest
 #: generation in a serving process (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 20_000
+#: Young collections between two collections of the middle generation (CPython's default is 10).
+GC_MIDDLE_THRESHOLD = 2
 
 
 def _settle_garbage_collector() -> None:
@@ -53,11 +55,17 @@ def _settle_garbage_collector() -> None:
     (docs/performance.md). So: collect once, freeze the survivors of start-up into
     the permanent generation (never walked again), and collect the young
     generation every ``GC_YOUNG_THRESHOLD`` allocations.
+
+    The middle generation is collected every ``GC_MIDDLE_THRESHOLD`` young
+    collections instead of every 10: a collection of it walks every survivor of the
+    young collections since the last one, and with 10,000 durable consumers (W3 at
+    10,000 agents) those were the consumers' own state, 150-175 ms a pause, which was
+    that workload's whole p99 (docs/performance.md, "W3 at 10,000 agents").
     """
     gc.collect()
     gc.freeze()
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
+    young, _, old = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), GC_MIDDLE_THRESHOLD, old)
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
