@@ -182,7 +182,7 @@ class PresenceTable:
             for other in self._online[entry.agent]:
                 self._conns[other].status = status
                 self._conns[other].status_ms = now
-            for topic in sorted(self._topics_of(entry.agent)):
+            for topic in sorted(self._topics[entry.agent]):
                 self._emit(PresenceEvent(agent=entry.agent, event="status", topic=topic, status=status))
         self._changed(entry.agent)
 
@@ -259,9 +259,6 @@ class PresenceTable:
 
     # -- helpers ----------------------------------------------------------------
 
-    def _topics_of(self, agent: str) -> set[str]:
-        return set(self._topics.get(agent, ()))
-
     def _summary(self, agent: str) -> AgentPresence:
         entries = [self._conns[c] for c in self._online[agent]]
         latest = entries[-1]
@@ -270,7 +267,7 @@ class PresenceTable:
             online=True,
             status=latest.status,
             capabilities=sorted({c for e in entries for c in e.capabilities}),
-            conversations=sorted(self._topics_of(agent)),
+            conversations=sorted(self._topics[agent]),
             connections=len(entries),
             since_ms=self._since[agent],
         )
