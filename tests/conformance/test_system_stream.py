@@ -8,11 +8,13 @@ catalog into it, going on from what a copy cut short already moved.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from pathlib import Path
 
 import nats
+from nats.js.errors import NoStreamResponseError
 
 from tests.conformance.conftest import NATS_SHARDS, Deployment
 from tidings.auth import Authority
@@ -55,9 +57,18 @@ async def test_a_catalog_kept_in_a_ctl_stream_is_moved_into_the_system_stream(
         js = nc.jetstream()
         await js.add_stream(name=SYSTEM_STREAM, subjects=[SYSTEM_SUBJECTS])
         headers = {"Nats-Msg-Id": msg_id_of(CATALOG_TOPIC, events[0].id)}
-        await js.publish(
-            subject_of(CATALOG_TOPIC, NATS_SHARDS), to_record_payload(events[0]), headers=headers
-        )
+        # The new stream lives on one node of the cluster; until the other nodes have
+        # heard of its subjects, a publish through them finds no responder (seen in CI).
+        for attempt in range(50):
+            try:
+                await js.publish(
+                    subject_of(CATALOG_TOPIC, NATS_SHARDS), to_record_payload(events[0]), headers=headers
+                )
+                break
+            except NoStreamResponseError:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
         await (await js.key_value("tidings_cursors")).delete(MOVED_MARKER)
     finally:
         await nc.close()
