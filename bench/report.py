@@ -242,8 +242,8 @@ def w3_section(res: Results, out: list[str], checks: list[str]) -> None:
         "python-socketio: a room per conversation, `emit` with an ack, an `ack` event back per "
         "message, nothing stored; AutoGen: `publish_message` to a `TypeSubscription` per "
         "conversation, nothing stored, no acks. Delivered/s counts receipts by the *other* nine "
-        "members (tidings also delivers, and the agent acks, the publisher's own copy: not "
-        "counted). Latency is from the intended publish time to the receiving handler; a "
+        "members; no system sends a publisher its own message (tidings: each agent has a token of "
+        "its own and subscribes with `echo: false`). Latency is from the intended publish time to the receiving handler; a "
         "message still missing after the drain counts as never arriving. The load rises step by "
         "step until p99 reaches 50 ms.\n"
     )

@@ -33,7 +33,7 @@ W3_RATES = [0.1, 0.25, 0.5]
 W3_LIMIT_MS = 10_000
 
 
-def commands(urls: list[str], pids: list[int]) -> list[tuple[str, str, list[str]]]:
+def commands(urls: list[str], pids: list[int], secret: Path) -> list[tuple[str, str, list[str]]]:
     """(figure, engine, argv) for one round of every configuration, engines taking turns."""
     remote = [a for u in urls for a in ("--url", u)] + [a for p in pids for a in ("--server-pid", str(p))]
     out = []
@@ -44,7 +44,8 @@ def commands(urls: list[str], pids: list[int]) -> list[tuple[str, str, list[str]
     rates = [a for r in W3_RATES for a in ("--rate", f"{r:g}")]
     argv = ["bench", "w3", "--agents", "1000", "--conversations", "100", *rates, "--duration", "4"]
     argv += ["--p99-limit-ms", str(W3_LIMIT_MS), "--json"]
-    out += [("w3 1000 agents", "embedded", argv), ("w3 1000 agents", "nats", argv + remote)]
+    w3_remote = [*remote, "--secret-file", str(secret)]
+    out += [("w3 1000 agents", "embedded", argv), ("w3 1000 agents", "nats", argv + w3_remote)]
     return out
 
 
@@ -64,8 +65,9 @@ def main() -> None:
     try:
         info = json.loads((state / "cluster.json").read_text())
         pids = [int(p.read_text()) for p in sorted(state.glob("*.pid"))]
+        secret = state / "gateway-data" / "secret.key"
         for run in range(1, args.runs + 1):
-            for figure, engine, argv in commands(info["gateways"], pids):
+            for figure, engine, argv in commands(info["gateways"], pids, secret):
                 shown = shlex.join([".venv/bin/tidings", *argv]).replace(str(state), "$STATE")
                 started = time.perf_counter()
                 done = subprocess.run([TIDINGS, *argv], capture_output=True, text=True)

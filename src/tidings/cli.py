@@ -416,6 +416,13 @@ def bench(
         list[int] | None,
         typer.Option(help="With --url: processes whose CPU time counts as the server's (repeat)."),
     ] = None,
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="w3 with --url: the gateways' token secret; each agent then has a token of its own "
+            "and is not sent its own messages (without it the agents are anonymous)."
+        ),
+    ] = None,
 ) -> None:
     """Run one benchmark workload against a fresh local server and print its figures."""
     from tidings.bench import w1, w2, w3, w4
@@ -444,6 +451,7 @@ def bench(
             urls=url,
             server_pids=server_pid,
             p99_limit_ms=p99_limit_ms,
+            secret_file=secret_file,
         )
     elif workload == "w4":
         result = w4.run(connections=connections or 10_000)

@@ -17,6 +17,7 @@ from tests.conformance.conftest import Deployment
 from tests.conftest import UNIT
 from tests.gateway.test_durable import collect, publish
 from tests.gateway.wsclient import Raw, authed
+from tidings.auth import Authority
 from tidings.catalog import Conversation, ConversationPolicy
 from tidings.config import NamespacePolicy, default_namespaces
 from tidings.gateway import Gateway
@@ -222,6 +223,48 @@ async def test_cursor_resumes_on_another_gateway_and_after_restart(
     assert sorted(m["body"] for m in await collect(c, 2)) == [4, 5]
     with pytest.raises(TimeoutError):
         await c.expect("msg", timeout=0.4)
+
+
+async def test_echo_false_skips_the_agent_s_own_messages_and_counts_them_acked(
+    deployment: Deployment, authority: Authority, token: str, group: str
+) -> None:
+    """A consumer (joined on either gateway) and a live subscription with ``echo: false``
+    never get their own agent's messages; the consumer counts them as acked."""
+    a, b = await deployment.start(2)
+    topic = f"conv/{group}/chat"
+    alice, bob = await authed(a.url, token), await authed(b.url, authority.mint("bob", pub=[">"], subs=[">"]))
+    c = await consume(a.url, token, f"conv/{group}/>", echo=False)
+    live = await authed(b.url, token)
+    await live.send({"op": "sub", "topic": topic, "echo": False, "rid": 1})
+    await live.expect("subbed")
+    await publish(alice, topic, 2)
+    await publish(bob, topic, 2, start=2)
+    got = await collect(c, 2)
+    assert [(m["body"], m["sender"]) for m in got] == [(2, "bob"), (3, "bob")]
+    assert [m["body"] for m in await collect(live, 2)] == [2, 3]
+    for m in got:
+        await ack(c, m)
+    for raw in (c, live):
+        with pytest.raises(TimeoutError):
+            await raw.expect("msg", timeout=0.3)
+    # A second member on the other gateway (through the owner, with NATS) skips them too.
+    d = await consume(b.url, token, f"conv/{group}/>", echo=False)
+    await c.close()
+    await publish(alice, topic, 1, start=4)
+    await publish(bob, topic, 1, start=5)
+    (m,) = await collect(d, 1)
+    assert m["body"] == 5
+    await ack(d, m)
+    await asyncio.sleep(0.5 * UNIT)  # cursors are saved every 0.2 s
+    await d.close()
+    await deployment.stop()
+    # After a restart, resumed with echo on: the skipped ones were settled; new ones of its own come.
+    (gw,) = await deployment.start()
+    c = await consume(gw.url, token, f"conv/{group}/>")
+    with pytest.raises(TimeoutError):
+        await c.expect("msg", timeout=0.4)
+    await publish(await authed(gw.url, token), topic, 1, start=6)
+    assert [m["body"] for m in await collect(c, 1)] == [6]
 
 
 async def test_work_queue_splits_and_max_inflight_pauses(

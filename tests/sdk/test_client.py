@@ -191,6 +191,35 @@ async def test_parent_and_lamport_follow_a_chain_of_three_agents(gw: Gateway, au
     assert m1.lamport < m2.lamport < m3.lamport, "Lamport order respects causality"
 
 
+async def test_echo_false_keeps_an_agent_s_own_messages_from_its_handler_and_subscription(
+    gw: Gateway, authority: Authority
+) -> None:
+    """Two agents talk in a conversation: with ``echo=False`` each hears only the other."""
+    heard: dict[str, list[str]] = {"ann": [], "bob": []}
+    both = asyncio.Event()
+    async with (
+        tidings.connect(gw.url, authority.mint("ann", **ALL)) as ann,
+        tidings.connect(gw.url, authority.mint("bob", **ALL)) as bob,
+    ):
+        for agent, name in ((ann, "ann"), (bob, "bob")):
+
+            @agent.on("conv/talk/chat", consumer="me", echo=False)
+            async def hear(msg: tidings.Message, name: str = name) -> None:
+                heard[name].append(msg.body)
+                if all(heard.values()):
+                    both.set()
+
+        live = await ann.subscribe("conv/talk/chat", echo=False)
+        await asyncio.sleep(0.2)
+        await ann.publish("conv/talk/chat", "from ann")
+        await bob.publish("conv/talk/chat", "from bob")
+        await asyncio.wait_for(both.wait(), 5 * UNIT)
+        msg = await asyncio.wait_for(anext(aiter(live)), 3 * UNIT)
+        await asyncio.sleep(0.2)
+    assert heard == {"ann": ["from bob"], "bob": ["from ann"]}
+    assert msg.body == "from bob", "ann's own message, published first, never came"
+
+
 async def test_handler_exception_nacks_and_redelivery_is_handled_once(
     gw: Gateway, authority: Authority
 ) -> None:

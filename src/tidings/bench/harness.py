@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tidings.auth import SECRET_FILE
 from tidings.metrics import percentile
 
 __all__ = [
@@ -161,6 +162,11 @@ class BenchServer(ServerProcess):
         cmd += ["--data-dir", str(self.data_dir)]
         super().__init__(cmd, r"listening on (ws://\S+)", {"TIDINGS_LOG_LEVEL": "warning", **(env or {})})
         self.url = self.match.group(1)
+
+    @property
+    def secret(self) -> bytes:
+        """The secret the server signs and checks tokens with (created when it started)."""
+        return (self.data_dir / SECRET_FILE).read_bytes().strip()
 
     def stop(self) -> None:
         super().stop()

@@ -4,17 +4,19 @@
 100 of 10 by default). Each agent is one WebSocket connection that
 
 - subscribes a durable consumer of its own to its conversation's topic
-  ``conv/c<n>/chat`` (at-least-once: it acks every message it gets);
+  ``conv/c<n>/chat`` (at-least-once: it acks every message it gets), with
+  ``echo: false``: like the peers (AutoGen's runtime, a socket.io room emit that
+  skips the sender), it is not sent its own messages;
 - publishes durable messages to that topic at a fixed rate, each with its own
   ``id`` and a ``rid`` (the server answers with a ``puback`` after the fsync).
 
-Every message reaches all members, its publisher included (the publisher is a
-member of the topic); the figures count only the deliveries to the *other*
-members, the ones a conversation exists for (``own_copies_per_s`` reports the
-rest). Latency is publish (the intended send time) to the receiving agent's
-handler. The agents are lean raw picows clients with pre-encoded frames, spread
-over several load-generator processes on core 1 (``tidings.bench.swarm``); the
-server runs on core 0.
+Every message reaches the *other* members, the ones a conversation exists for
+(``own_copies_per_s`` counts any copy that reached its publisher: 0 unless the
+agents are anonymous, without tokens, and so share one identity). Latency is
+publish (the intended send time) to the receiving agent's handler. The agents
+are lean raw picows clients with pre-encoded frames, spread over several
+load-generator processes on core 1 (``tidings.bench.swarm``); the server runs on
+core 0.
 
 With ``urls`` (gateways already running, e.g. by ``tidings cluster up``) the
 swarm uses them instead of a fresh server: the members of each conversation are
@@ -30,17 +32,21 @@ stayed under it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from tidings.auth import Authority
 from tidings.bench.harness import BenchServer, ServerCpu, pin_to
-from tidings.bench.swarm import Swarm, Tally
+from tidings.bench.swarm import Connect, Swarm, Tally
 
 P99_LIMIT_MS = 50.0
+TOKEN_TTL_S = 24 * 3600.0
 
 
 class _Frame(msgspec.Struct):
@@ -56,7 +62,15 @@ _decode = msgspec.json.Decoder(list[_Frame] | _Frame)
 class Agent(WSListener):
     """One agent: a durable consumer of its conversation that publishes into it."""
 
-    def __init__(self, index: int, conversation: int, body_bytes: int, tally: Tally, tag: str = "") -> None:
+    def __init__(
+        self,
+        index: int,
+        conversation: int,
+        body_bytes: int,
+        tally: Tally,
+        tag: str = "",
+        token: str | None = None,
+    ) -> None:
         self.index = index
         self.tally = tally
         self.transport: WSTransport | None = None
@@ -64,9 +78,13 @@ class Agent(WSListener):
         self.seq = 0
         self.pubacks = 0
         topic = b"conv/%bc%d/chat" % (tag.encode(), conversation)
+        # With a token of its own it can ask not to be sent its own messages (anonymous
+        # agents all share one identity: then they get, and count apart, their own copies).
+        hello = b'"token":"%b",' % token.encode() if token else b""
+        echo = b'"echo":false,' if token else b""
         self.sub_frame = (
-            b'[{"op":"hello","client":"bench-w3"},{"op":"sub","topic":"%b","consumer":"%ba%d","rid":1}]'
-            % (topic, tag.encode(), index)
+            b'[{"op":"hello",%b"client":"bench-w3"},{"op":"sub","topic":"%b","consumer":"%ba%d",%b"rid":1}]'
+            % (hello, topic, tag.encode(), index, echo)
         )
         self._pub = b'{"op":"pub","topic":"%b","rid":%%d,"id":"a%d-%%d","body":[%%d,%d,"%b"]}' % (
             topic,
@@ -111,17 +129,32 @@ class Agent(WSListener):
 
 
 async def connect_agent(
-    url: str, index: int, conversation: int, members: int, body_bytes: int, tally: Tally
+    url: str,
+    index: int,
+    conversation: int,
+    members: int,
+    body_bytes: int,
+    tally: Tally,
+    secret: bytes | None = None,
 ) -> Agent:
     """Connect agent ``index`` and open its durable consumer; ``members`` is unused here.
 
-    ``url`` may carry the run's tag after a ``#`` (``ws://...#r1f2e3-``).
+    ``url`` may carry the run's tag after a ``#`` (``ws://...#r1f2e3-``). With the
+    server's token ``secret`` the agent gets a token (an identity) of its own.
     """
     url, _, tag = url.partition("#")
-    _, listener = await ws_connect(lambda: Agent(index, conversation, body_bytes, tally, tag), url)
+    token = None
+    if secret is not None:
+        token = Authority(secret).mint(f"{tag}w3-{index}", pub=("conv/>",), subs=("conv/>",), ttl=TOKEN_TTL_S)
+    _, listener = await ws_connect(lambda: Agent(index, conversation, body_bytes, tally, tag, token), url)
     assert isinstance(listener, Agent)
     await asyncio.wait_for(listener.subscribed.wait(), 30)
     return listener
+
+
+def _connect_with(secret: bytes | None) -> Connect:
+    """``connect_agent`` with tokens signed by ``secret`` (None: anonymous), picklable for the workers."""
+    return functools.partial(connect_agent, secret=secret) if secret is not None else connect_agent
 
 
 def sweep(
@@ -167,11 +200,13 @@ def run(
     urls: list[str] | None = None,
     server_pids: list[int] | None = None,
     p99_limit_ms: float = P99_LIMIT_MS,
+    secret_file: Path | None = None,
 ) -> dict[str, Any]:
     """Run W3 against a fresh ``tidings serve`` and return its figures and every step.
 
     With ``urls``, against the gateways there; the server CPU is then that of
-    ``server_pids`` (not measured without them).
+    ``server_pids`` (not measured without them), and the agents are anonymous
+    unless ``secret_file`` (the gateways' token secret) lets them have tokens.
     """
     rates = rates or [2.0]
     if pin:
@@ -179,15 +214,18 @@ def run(
     if urls:
         tag = f"r{uuid.uuid4().hex[:6]}-"
         cpu = ServerCpu(server_pids) if server_pids else None
+        connect = _connect_with(secret_file.read_bytes().strip() if secret_file else None)
         with Swarm(
-            connect_agent, [f"{u}#{tag}" for u in urls], agents, conversations, processes, body_bytes, pin
+            connect, [f"{u}#{tag}" for u in urls], agents, conversations, processes, body_bytes, pin
         ) as swarm:
             steps = sweep(swarm, rates, duration, cpu, p99_limit_ms)
             connect_seconds = swarm.connect_seconds
     else:
         with (
             BenchServer() as server,
-            Swarm(connect_agent, server.url, agents, conversations, processes, body_bytes, pin) as swarm,
+            Swarm(
+                _connect_with(server.secret), server.url, agents, conversations, processes, body_bytes, pin
+            ) as swarm,
         ):
             steps = sweep(swarm, rates, duration, server.cpu_seconds, p99_limit_ms)
             connect_seconds = swarm.connect_seconds

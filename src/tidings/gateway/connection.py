@@ -401,6 +401,8 @@ class Connection(WSListener):
             self.gateway.consumers.check(pattern)
         sid = self._next_sid
         subscription = Subscription(self, sid, pattern)
+        if not sub.echo:
+            subscription.skip_sender = self.grants.agent
         self._next_sid += 1  # only now: a refused sub uses no sid
         self.subs[sid] = subscription
         self.gateway.stats.subscriptions += 1

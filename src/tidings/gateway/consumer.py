@@ -17,6 +17,9 @@ deliveries go round-robin to members with room, which splits the messages
 between them like a work queue. A member's room is ``max_inflight`` unacked
 messages; a reader's (no acks) is its connection's outgoing buffer.
 
+A consumer whose members subscribed with ``echo: false`` skips the messages its
+own agent published: each counts as acknowledged the moment it is taken.
+
 Every delivery of a durable consumer must be acked within ``ack_wait``; a nack
 redelivers after ``delay_ms * 2**(attempt-1)`` (capped at a minute); after
 ``max_deliver`` attempts the message is appended to ``dlq/<topic>`` with the
@@ -137,7 +140,10 @@ class Consumer:
         self.registry = registry
         self.engine = registry.engine
         self.key = key
-        self.name = key.split("\x00")[1] if acks else ""
+        #: the agent it belongs to (for a reader, set by its registry)
+        self.agent, self.name = key.split("\x00")[:2] if acks else ("", "")
+        #: the agent whose messages are never delivered (``sub`` with ``echo: false``), or None
+        self.skip_sender: str | None = None
         self.pattern = pattern
         self.policy = policy
         self.acks = acks
@@ -268,6 +274,11 @@ class Consumer:
     def _take(self, state: TopicState, msg: f.Msg) -> None:
         assert msg.offset is not None
         if msg.offset in state.acked:
+            return
+        if msg.sender == self.skip_sender:  # its own message, and it asked for no echo: settled
+            if self.acks:
+                state.acked.add(msg.offset)
+                self.cursor_dirty = True
             return
         p = Pending(msg)
         if state.attempts:

@@ -105,6 +105,7 @@ class Consumers:
         if sub.consumer is None:
             policy = self._policy_of(member.pattern)
             consumer = Consumer(self, f"reader\x00{id(member)}", member.pattern, policy, False)
+            consumer.agent = agent  # whose own messages ``echo: false`` skips
             self.router.add(consumer)
             try:
                 await consumer.open(sub.start)
@@ -122,10 +123,15 @@ class Consumers:
         return consumer
 
     def admit(self, consumer: Consumer, member: Member, sub: f.Sub) -> None:
-        """Attach ``member`` with the delivery options of its ``sub``."""
+        """Attach ``member`` with the delivery options of its ``sub``.
+
+        ``ack_wait_ms`` (when given) and ``echo`` are the consumer's: the latest
+        member to join sets them for all.
+        """
         self._idle_since.pop(consumer.key, None)
         if sub.ack_wait_ms is not None:
             consumer.policy = msgspec.structs.replace(consumer.policy, ack_wait_ms=sub.ack_wait_ms)
+        consumer.skip_sender = None if sub.echo else consumer.agent
         member.max_inflight = sub.max_inflight or consumer.policy.max_inflight
         consumer.attach(member)
 

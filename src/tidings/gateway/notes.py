@@ -25,6 +25,7 @@ class Join(msgspec.Struct, tag="join", **_NOTE):
     max_inflight: int | None = None
     ack_wait_ms: int | None = None
     start: f.Start | None = None
+    echo: bool = True
 
 
 class Joined(msgspec.Struct, tag="joined", **_NOTE):

@@ -314,7 +314,10 @@ class Gateway:
         # it into each subscriber's message read the same memory). A suffix names its
         # codec too: msgpack's and JSON's never look alike.
         stamped: dict[bytes, bytes] = {}
+        sender = msg.sender
         for sub in subs:
+            if sub.skip_sender is not None and sub.skip_sender == sender:
+                continue  # its own agent's message, and it asked for no echo
             conn = sub.conn
             if conn.write_paused:  # not keeping up: drop, count, tell it when it catches up
                 conn.dropped[sub.sid] = conn.dropped.get(sub.sid, 0) + 1
@@ -350,8 +353,11 @@ class Gateway:
         """
         targets: list[Subscription] = list(self.router.match(chunk.topic)) if len(self.router) else []
         for consumer in self.consumers.router.match(chunk.topic) if len(self.consumers.router) else ():
-            targets.extend(m for m in consumer.members if isinstance(m, Subscription))
+            if consumer.skip_sender != chunk.sender:
+                targets.extend(m for m in consumer.members if isinstance(m, Subscription))
         for sub in targets:
+            if sub.skip_sender == chunk.sender:
+                continue
             sub.conn.session.send(msgspec.structs.replace(chunk, sid=sub.sid))
             self.flusher.mark_dirty(sub.conn)
 

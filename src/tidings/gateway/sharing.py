@@ -261,6 +261,7 @@ class Sharing:
                     sub.max_inflight,
                     sub.ack_wait_ms,
                     sub.start,
+                    sub.echo,
                 ),
             )
             with contextlib.suppress(TimeoutError):
@@ -356,7 +357,9 @@ class Sharing:
         if join.member in self.remote:
             return
         remote = RemoteMember(self, consumer, join.sender, join.member)
-        sub = f.Sub(topic=join.pattern, max_inflight=join.max_inflight, ack_wait_ms=join.ack_wait_ms)
+        sub = f.Sub(
+            topic=join.pattern, max_inflight=join.max_inflight, ack_wait_ms=join.ack_wait_ms, echo=join.echo
+        )
         self.consumers.admit(consumer, remote, sub)
         gave_up = self._left.pop(join.member, False) is None  # it stopped waiting for our answer
         if gave_up or not self.peers.alive(join.sender):  # or its gateway went meanwhile
@@ -417,6 +420,7 @@ class Sharing:
                     consumer=consumer.name,
                     max_inflight=member.max_inflight,
                     ack_wait_ms=consumer.policy.ack_wait_ms,
+                    echo=consumer.skip_sender is None,
                 )
                 proxy = Proxy(self, member, key, sub)
                 proxy.owner = owner

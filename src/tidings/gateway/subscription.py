@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class Subscription:
     """One ``sub`` of one connection: live (in the router) or a member of a ``Consumer``."""
 
-    __slots__ = ("conn", "consumer", "inflight", "max_inflight", "pattern", "sid", "suffix")
+    __slots__ = ("conn", "consumer", "inflight", "max_inflight", "pattern", "sid", "skip_sender", "suffix")
 
     def __init__(self, conn: Connection, sid: int, pattern: str) -> None:
         self.conn = conn
@@ -29,6 +29,8 @@ class Subscription:
         self.consumer: Consumer | Proxy | None = None
         self.inflight = 0
         self.max_inflight = 0
+        #: live: the agent whose messages it never gets (``echo: false``), or None
+        self.skip_sender: str | None = None
 
     @property
     def write_paused(self) -> bool:

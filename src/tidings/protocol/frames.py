@@ -52,6 +52,8 @@ class Sub(msgspec.Struct, tag="sub", **_FRAME):
     start: Start | None = msgspec.field(default=None, name="from")
     max_inflight: int | None = None
     ack_wait_ms: int | None = None
+    #: False: never deliver this agent's own messages on it (NATS' no_echo, MQTT's No Local)
+    echo: bool = True
 
 
 class Unsub(msgspec.Struct, tag="unsub", **_FRAME):

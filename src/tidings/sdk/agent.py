@@ -542,6 +542,7 @@ class Agent:
         streams: bool = False,
         causal: bool = False,
         causal_wait: float = 1.0,
+        echo: bool = True,
     ) -> Subscription:
         """Subscribe to a topic or pattern.
 
@@ -557,6 +558,8 @@ class Agent:
         with ``msg.causally_late`` set).
         With ``streams=True`` it also yields a stream-open message when a
         stream begins on a matching topic (see ``msg.chunks()``).
+        With ``echo=False`` the server never delivers this agent's own
+        messages on it (for a consumer, it counts them as acked).
         Iterate the result, or await it to know the server has it. A refusal
         that is retriable (``retry_later``) is not raised: the ``sub`` is sent
         again after ``retry_after_ms``.
@@ -573,6 +576,7 @@ class Agent:
             streams=streams,
             causal=causal,
             causal_wait=causal_wait,
+            echo=echo,
         )
 
     def stream(self, topic: str, *, parent: str | None = None) -> Stream:
@@ -614,16 +618,18 @@ class Agent:
         start: f.Start | int | None = None,
         concurrency: int = 1,
         nack_delay_ms: int = 200,
+        echo: bool = True,
     ) -> Callable[[Callable[[Message], Awaitable[Any]]], Callable[[Message], Awaitable[Any]]]:
         """Decorate ``async def handler(msg)`` to run for every message on ``pattern``.
 
         Success acks, an exception nacks (redelivered after ``nack_delay_ms``,
         doubling per attempt); redeliveries of handled messages are skipped.
         At most ``concurrency`` messages are handled at once (1: in order).
+        With ``echo=False`` the agent's own messages on ``pattern`` never reach it.
         """
 
         def register(fn: Callable[[Message], Awaitable[Any]]) -> Callable[[Message], Awaitable[Any]]:
-            spec = HandlerSpec(fn, pattern, consumer, start, concurrency, nack_delay_ms)
+            spec = HandlerSpec(fn, pattern, consumer, start, concurrency, nack_delay_ms, echo=echo)
             self._handlers.append(spec)
             if self._supervisor is not None and not self._closing:
                 # Opened already (maybe reconnecting right now): its sub is sent
@@ -635,7 +641,11 @@ class Agent:
 
     def _start_handler(self, spec: HandlerSpec) -> None:
         sub = self.subscribe(
-            spec.pattern, consumer=spec.consumer, start=spec.start, max_inflight=max(spec.concurrency, 1) * 4
+            spec.pattern,
+            consumer=spec.consumer,
+            start=spec.start,
+            max_inflight=max(spec.concurrency, 1) * 4,
+            echo=spec.echo,
         )
         task = asyncio.create_task(run_handler(spec, sub, self.work), name=f"tidings-handler-{spec.pattern}")
         self._tasks.add(task)

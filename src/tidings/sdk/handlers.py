@@ -27,6 +27,8 @@ class HandlerSpec:
     nack_delay_ms: int
     #: data handlers wait while the agent is paused; the command handler never does
     gated: bool = True
+    #: False: the agent's own messages are not delivered to it
+    echo: bool = True
 
 
 class Work:

@@ -128,8 +128,10 @@ class Subscription:
         streams: bool = False,
         causal: bool = False,
         causal_wait: float = 1.0,
+        echo: bool = True,
     ) -> None:
         self.agent = agent
+        self.echo = echo
         self.streams = streams
         #: hold a message back until its parent (on a topic we get) was delivered
         self.causal = causal
@@ -193,7 +195,13 @@ class Subscription:
                 start = f.Position(time=self.resume_from_ms - RESUME_MARGIN_MS)
             # else: the original start again (earliest, an offset, a time); what was
             # seen already is skipped by offset in ``_push``.
-        return f.Sub(topic=self.pattern, consumer=self.consumer, start=start, max_inflight=self.max_inflight)
+        return f.Sub(
+            topic=self.pattern,
+            consumer=self.consumer,
+            start=start,
+            max_inflight=self.max_inflight,
+            echo=self.echo,
+        )
 
     # -- driven by the agent ------------------------------------------------
 
