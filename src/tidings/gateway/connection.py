@@ -237,8 +237,11 @@ class Connection(WSListener):
         fed_from = self.gateway.flusher.dirty_count
         for n, frame in enumerate(self.session.events_received(), 1):
             try:
-                if type(frame) is _PUB:  # the common frame, without _dispatch's call
+                # The two common frames without _dispatch's call and isinstance chain.
+                if type(frame) is _PUB:
                     self._on_pub(frame)
+                elif type(frame) is _ACK:
+                    self._on_ack(frame)
                 else:
                     self._dispatch(frame)
             except TidingsError as exc:
@@ -282,7 +285,8 @@ class Connection(WSListener):
             self.gateway.flusher.batch_continues(self, fed_from)
         elif self.gateway.flusher.sliced:  # the common case skips the call
             self.gateway.flusher.batch_done(self)
-        self._pace(more)
+        if more or self._reads_paused:  # the common case skips the call
+            self._pace(more)
 
     def _may_refuse(self) -> bool:
         """Count one refusal of a frame for the client's own fault; False once the burst is spent.
@@ -320,7 +324,7 @@ class Connection(WSListener):
         elif isinstance(frame, f.Unsub):
             self._on_unsub(frame)
         elif isinstance(frame, f.Ack):
-            self._member(frame.sid).ack(self.subs[frame.sid], frame)
+            self._on_ack(frame)
         elif isinstance(frame, f.Progress):
             self._member(frame.sid).progress(self.subs[frame.sid], frame.topic, frame.offset)
         elif isinstance(frame, f.Nack):
@@ -462,6 +466,13 @@ class Connection(WSListener):
         if subscription is not None:
             self.gateway.drop_subscription(subscription)
         self.session.send(f.Unsubbed(sid=unsub.sid, rid=unsub.rid))
+
+    def _on_ack(self, ack: f.Ack) -> None:
+        sub = self.subs.get(ack.sid)
+        if sub is None or sub.consumer is None or not sub.consumer.acks:
+            self._member(ack.sid)  # raises the error
+        else:
+            sub.consumer.ack(sub, ack)
 
     def _member(self, sid: int) -> Consumer | Proxy:
         sub = self.subs.get(sid)
@@ -624,7 +635,7 @@ _TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
 _CONTINUATION = WSMsgType.CONTINUATION
 _DATA = frozenset({_TEXT, _BINARY, _CONTINUATION})
 _OPEN = State.OPEN
-_PUB = f.Pub
+_PUB, _ACK = f.Pub, f.Ack
 
 #: seconds of one event-loop turn a connection's frames may take (``Connection._process``)
 SLICE_S = 0.0005

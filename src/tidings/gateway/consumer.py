@@ -100,9 +100,19 @@ class Pending:
 
 
 class TopicState:
-    __slots__ = ("acked", "attempts", "caught_up", "held", "outstanding", "overflow", "read_through")
+    __slots__ = (
+        "acked",
+        "attempts",
+        "caught_up",
+        "held",
+        "namespace",
+        "outstanding",
+        "overflow",
+        "read_through",
+    )
 
     def __init__(self, read_through: int, saved: TopicCursor | None = None) -> None:
+        self.namespace = ""  # the topic's (set by ``Consumer._track``): counted per delivery
         self.read_through = read_through
         self.outstanding: set[int] = set()
         self.acked: set[int] = set(saved.acked if saved else ())
@@ -207,6 +217,7 @@ class Consumer:
             self._reader.cancel()
 
     def _track(self, topic: str, state: TopicState) -> None:
+        state.namespace = namespace_of(topic)
         self.topics[topic] = state
         self.lagging.append(topic)
 
@@ -269,7 +280,7 @@ class Consumer:
             else:  # too much waiting already: read it from the log later
                 state.caught_up = False
                 self.lagging.append(msg.topic)
-        self.schedule()
+        self.registry.schedule(self)
 
     def _take(self, state: TopicState, msg: f.Msg) -> None:
         assert msg.offset is not None
@@ -346,11 +357,12 @@ class Consumer:
     def pump(self) -> None:
         """Deliver what is ready, reading the log as needed, while members have room."""
         while self.members:
+            if not self.ready:
+                if self.lagging and self._next_member() is not None:
+                    self._read_soon()  # it schedules another pump when it has read
+                return
             member = self._next_member()
             if member is None:
-                return
-            if not self.ready:
-                self._read_soon()  # it schedules another pump when it has read
                 return
             p = self.ready.popleft()
             if p.phase is Phase.DONE:
@@ -365,7 +377,7 @@ class Consumer:
     def _deliver(self, p: Pending, member: Member) -> None:
         p.attempt += 1
         msg, stats = p.msg, self.registry.stats
-        namespace = namespace_of(msg.topic)
+        namespace = self.topics[msg.topic].namespace
         stats.deliveries[namespace] += 1
         if p.attempt > 1:
             stats.redelivered(msg.topic, msg.id)
@@ -425,7 +437,7 @@ class Consumer:
         p = self._settle(member, ack.topic, ack.offset)
         if p is not None:
             stats = self.registry.stats
-            namespace = namespace_of(ack.topic)
+            namespace = self.topics[ack.topic].namespace
             stats.acks[namespace] += 1
             if ack.queued_us is not None and ack.handled_us is not None:
                 # deliver->handled on the agent's clock; the rest of the round trip on ours
@@ -434,7 +446,7 @@ class Consumer:
                 stats.observe("handled_ack", namespace, self.label, time.monotonic() - p.sent - handled)
             self._done(ack.topic, ack.offset)
             if self.ready or self.lagging:  # its member has room again for what waits
-                self.schedule()
+                self.registry.schedule(self)
 
     def progress(self, member: Member, topic: str, offset: int) -> None:
         """The member is still working on it: restart its ack_wait."""

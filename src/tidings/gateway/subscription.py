@@ -54,7 +54,8 @@ class Subscription:
             conn.session.send_encoded_priority(data)
         else:
             conn.session.send_encoded(data)
-        conn.gateway.flusher.mark_dirty(conn)
+        if not conn.dirty:
+            conn.gateway.flusher.mark_dirty(conn)
 
     def deliver_gap(self, topic: str, first: int, last: int, reason: str) -> None:
         self._send(f.Gap(sid=self.sid, topic=topic, first=first, last=last, reason=reason))
