@@ -243,9 +243,9 @@ def w3_section(res: Results, out: list[str], checks: list[str]) -> None:
         "message, nothing stored; AutoGen: `publish_message` to a `TypeSubscription` per "
         "conversation, nothing stored, no acks. Delivered/s counts receipts by the *other* nine "
         "members; no system sends a publisher its own message (tidings: each agent has a token of "
-        "its own and subscribes with `echo: false`). Latency is from the intended publish time to the receiving handler; a "
-        "message still missing after the drain counts as never arriving. The load rises step by "
-        "step until p99 reaches 50 ms.\n"
+        "its own and subscribes with `echo: false`). Latency is from the intended publish time to "
+        "the receiving handler; a message still missing after the drain counts as never arriving. "
+        "The load rises step by step until p99 reaches 50 ms.\n"
     )
     for p in res.params["w3"]:
         out.append(f"### {p['agents']:,} agents in {p['conversations']:,} conversations\n")
