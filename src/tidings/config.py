@@ -86,6 +86,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: limit) in a burst, refilled at a tenth of it a second; past it the connection is
     #: closed with 1008, so no client can keep the server refusing frames for ever
     max_refusals: int = 1000
+    #: refused ``hello``s (bad, expired, revoked tokens) one address may have answered at
+    #: once in a burst, refilled at a tenth of it a second; past it each refusal is sent
+    #: ``refusal_delay`` seconds late, so a client guessing tokens tries slowly
+    #: (``gateway/tarpit.py``)
+    refused_hellos: int = 20
+    #: seconds a refusal past ``refused_hellos`` waits (0: never delayed)
+    refusal_delay: float = 1.0
     #: shards of the durable log: shard = crc32(group) mod shards. Unset: the embedded
     #: engine keeps the count its data directory was created with, and creates new
     #: ones with 1 (docs/decisions.md, "Shards"); the NATS engine uses 8 streams.
@@ -166,12 +173,15 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "max_subscriptions",
             "max_topic_length",
             "max_refusals",
+            "refused_hellos",
             "max_outbound_bytes",
             "max_unacked_publishes",
             "max_write_queue",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.refusal_delay < 0:
+            raise ValueError("refusal_delay must not be negative")
         if self.shards is not None and self.shards < 1:
             raise ValueError("shards must be at least 1")
 

@@ -110,6 +110,8 @@ class GatewayStats:
     write_timeouts: int = 0
     #: connections closed because they kept sending frames that were refused (max_refusals)
     refusal_closes: int = 0
+    #: refused hellos answered late (``gateway/tarpit.py``)
+    tarpitted: int = 0
     #: subscriptions open now (live and durable)
     subscriptions: int = 0
     messages_in: defaultdict[str, int] = field(default_factory=_counts)
@@ -205,6 +207,9 @@ class StatsCollector(Collector):
         yield _counter("tidings_write_timeouts", "connections closed for not reading", s.write_timeouts)
         yield _counter(
             "tidings_refusal_closes", "connections closed for too many refused frames", s.refusal_closes
+        )
+        yield _counter(
+            "tidings_tarpitted", "refused hellos answered late (past their address's budget)", s.tarpitted
         )
         for name, value in self.gauges().items():
             yield GaugeMetricFamily(f"tidings_{name}", name.replace("_", " "), value=value)

@@ -59,6 +59,7 @@ class Connection(WSListener):
     # Slots: ten thousand idle connections should cost as little as possible (W4).
     __slots__ = (
         "_continue",
+        "_held",
         "_joining",
         "_may_publish",
         "_next_sid",
@@ -108,6 +109,8 @@ class Connection(WSListener):
         #: the rest of a big batch, acted on in a later loop turn (reading paused meanwhile)
         self._continue: asyncio.Handle | None = None
         self._reads_paused = False
+        #: its hello was refused past its address's budget: the answer waits (``Tarpit``)
+        self._held = False
         #: refusals counted against ``max_refusals`` (``_may_refuse``), as of ``_refused_at``
         self._refused = 0.0
         self._refused_at = 0.0
@@ -197,6 +200,9 @@ class Connection(WSListener):
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._held:  # gone before its refusal was sent
+            self._held = False
+            self.gateway.tarpit.release()
         if self._continue is not None:
             self._continue.cancel()
             self._continue = None
@@ -251,7 +257,7 @@ class Connection(WSListener):
                     # DEBUG: refusals are counted by code in /metrics; a line each would let
                     # a flood of bad handshakes flood the logs too.
                     log.debug("hello refused: %s", exc.message, extra=self.context(code=exc.code))
-                    self.session.reject(exc, rid)
+                    self._refuse_hello(exc, rid)
                 elif (
                     isinstance(exc, CLIENT_FAULTS)
                     # an ack racing its unsub is no fault: it is answered, never counted
@@ -287,6 +293,28 @@ class Connection(WSListener):
             self.gateway.flusher.batch_done(self)
         if more or self._reads_paused:  # the common case skips the call
             self._pace(more)
+
+    def _refuse_hello(self, exc: TidingsError, rid: int | None) -> None:
+        """Refuse the hello: at once, or past its address's budget after the tarpit's delay,
+        reading nothing meanwhile (the session is closing: nothing it sent is acted on)."""
+        self.session.reject(exc, rid)
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        peer = transport.underlying_transport.get_extra_info("peername")
+        delay = self.gateway.tarpit.delay(str(peer[0]) if peer else "")
+        if delay:
+            self._held = True
+            self.gateway.stats.tarpitted += 1
+            transport.underlying_transport.pause_reading()
+            self._timers.append(asyncio.get_running_loop().call_later(delay, self._release))
+
+    def _release(self) -> None:
+        """The tarpit's delay is over: send the refusal (see ``_refuse_hello``)."""
+        if self._held:
+            self._held = False
+            self.gateway.tarpit.release()
+            self.gateway.flusher.mark_dirty(self)
 
     def _may_refuse(self) -> bool:
         """Count one refusal of a frame for the client's own fault; False once the burst is spent.
@@ -599,7 +627,7 @@ class Connection(WSListener):
         """Send what the session has queued as one message; close if it asked to."""
         self.dirty = False
         transport = self.transport
-        if transport is None or transport.is_disconnected:
+        if transport is None or transport.is_disconnected or self._held:
             return
         kind = _BINARY if self.binary else _TEXT
         for data in self.session.data_to_send():

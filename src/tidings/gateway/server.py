@@ -40,6 +40,7 @@ from tidings.gateway.flushing import Flusher
 from tidings.gateway.limits import Limiter
 from tidings.gateway.router import Router
 from tidings.gateway.subscription import Subscription
+from tidings.gateway.tarpit import Tarpit
 from tidings.log.types import RetentionPolicy
 from tidings.metrics import GatewayStats
 from tidings.presence import PresenceEvent
@@ -95,6 +96,7 @@ class Gateway:
         self._deliveries: dict[tuple[str, int, int, bool], bytes] = {}
         #: the once-per-loop-turn flush of every connection that has frames to send
         self.flusher = Flusher(settings.coalesce, on_flush=self._deliveries.clear)
+        self.tarpit = Tarpit(settings.refused_hellos, settings.refusal_delay)
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drained = asyncio.Event()
