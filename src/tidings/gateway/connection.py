@@ -295,8 +295,10 @@ class Connection(WSListener):
             self._pace(more)
 
     def _refuse_hello(self, exc: TidingsError, rid: int | None) -> None:
-        """Refuse the hello: at once, or past its address's budget after the tarpit's delay,
-        reading nothing meanwhile (the session is closing: nothing it sent is acted on)."""
+        """Refuse the hello: at once, or past its address's budget after the tarpit's delay.
+
+        Meanwhile the session is closing, so nothing the client sends is acted on; it is
+        still read, so that a client that goes away is let go at once."""
         self.session.reject(exc, rid)
         transport = self.transport
         if transport is None or transport.is_disconnected:
@@ -306,7 +308,6 @@ class Connection(WSListener):
         if delay:
             self._held = True
             self.gateway.stats.tarpitted += 1
-            transport.underlying_transport.pause_reading()
             self._timers.append(asyncio.get_running_loop().call_later(delay, self._release))
 
     def _release(self) -> None:

@@ -7,7 +7,7 @@ sequential client makes 1,000-1,600 attempts a second (docs/reliability.md,
 "Hostile input"). A faster refusal only lets it try faster. So each address has
 a budget of refused ``hello``s, a token bucket of ``burst`` refilled at a tenth
 of it a second; past it a refusal (the same ``error`` and close code) is sent
-``delay`` seconds late, and the connection reads nothing meanwhile. A healthy
+``delay`` seconds late, and nothing the connection sends meanwhile is acted on. A healthy
 client is never refused, so never delayed, whatever its address.
 
 At most ``MAX_HELD`` connections are held at once (each holds a file
