@@ -111,7 +111,7 @@ class Agent(WSListener):
         decoded = _decode.decode(frame.get_payload_as_memoryview())
         acks = []
         for f in decoded if isinstance(decoded, list) else (decoded,):
-            if f.op == "msg" and f.body is not None:
+            if f.op == "msg" and f.body is not None and f.offset is not None:
                 self.tally.received(now, f.body[0], f.body[1] == self.index)
                 acks.append(self._ack + b"%d}" % f.offset)
             elif f.op == "puback":
