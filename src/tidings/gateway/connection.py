@@ -33,6 +33,7 @@ from tidings.errors import (
     TidingsError,
     Unauthorized,
 )
+from tidings.gateway.handshake import spread
 from tidings.gateway.subscription import Subscription
 from tidings.gateway.websocket import Reassembly, close_reply, has_reserved_bits
 from tidings.presence import checked_capabilities, checked_status
@@ -130,9 +131,11 @@ class Connection(WSListener):
         # pause_writing()/resume_writing() fire at our bound, not asyncio's 64 KiB default.
         limit = self.gateway.settings.max_outbound_bytes
         transport.underlying_transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        self.gateway.handshakes.opened(transport)
         self.gateway.register(self)
         loop = asyncio.get_running_loop()
-        self._timers.append(loop.call_later(self.gateway.settings.hello_timeout, self._hello_deadline))
+        deadline = spread(self.gateway.settings.hello_timeout)  # not all at once (gateway/handshake.py)
+        self._timers.append(loop.call_later(deadline, self._hello_deadline))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if has_reserved_bits(frame):

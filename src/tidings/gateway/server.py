@@ -37,6 +37,7 @@ from tidings.errors import InvalidFrame
 from tidings.gateway.connection import Connection
 from tidings.gateway.consumers import Consumers
 from tidings.gateway.flushing import Flusher
+from tidings.gateway.handshake import Handshakes, fallback_timeout
 from tidings.gateway.limits import Limiter
 from tidings.gateway.router import Router
 from tidings.gateway.subscription import Subscription
@@ -96,6 +97,8 @@ class Gateway:
         self._deliveries: dict[tuple[str, int, int, bool], bytes] = {}
         #: the once-per-loop-turn flush of every connection that has frames to send
         self.flusher = Flusher(settings.coalesce, on_flush=self._deliveries.clear)
+        #: each accepted connection's drawn upgrade deadline (gateway/handshake.py)
+        self.handshakes = Handshakes(settings.hello_timeout)
         self.tarpit = Tarpit(settings.refused_hellos, settings.refusal_delay)
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,7 +130,7 @@ class Gateway:
             self._route,
             self.settings.host,
             self.settings.port,
-            websocket_handshake_timeout=self.settings.hello_timeout,
+            websocket_handshake_timeout=fallback_timeout(self.settings.hello_timeout),
             enable_auto_ping=True,
             auto_ping_idle_timeout=self.heartbeat_s,
             auto_ping_reply_timeout=self.heartbeat_s,
@@ -137,6 +140,7 @@ class Gateway:
             logger_name="tidings.picows",
             reuse_address=True,
         )
+        self.handshakes.install(self._server)
 
     @property
     def port(self) -> int:
@@ -154,6 +158,7 @@ class Gateway:
         if self._server is None:
             return
         self._server.close()
+        self.handshakes.close()
         for conn in list(self.connections):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         self.flusher.flush()
