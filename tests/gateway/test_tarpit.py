@@ -93,3 +93,36 @@ def test_only_so_many_addresses_are_remembered(monkeypatch: pytest.MonkeyPatch) 
         pit.delay(address)
     assert pit.delay("a") == 0.0, "the least recently refused was forgotten: a full budget again"
     assert pit.delay("d") == 1.0
+
+
+async def _flood_closed(url: str, token: str) -> float:
+    """A connection that sends 12 refused frames (``max_refusals`` is 5): seconds to its close."""
+    raw = await authed(url, token)
+    started = time.monotonic()
+    await raw.send(*[{"op": "pub", "topic": "nope/a/b", "body": 1, "rid": i} for i in range(12)])
+    code, _ = await raw.closed(timeout=5)
+    assert code == 1008
+    return time.monotonic() - started
+
+
+async def test_closes_for_refused_frames_past_the_budget_wait_ten_times_as_long(authority: Authority) -> None:
+    """A close for ``max_refusals`` costs ten refused hellos of its address's budget and, past
+    it, is held ten times ``refusal_delay``: a client flooding refused frames floods slowly."""
+    gw = await start_gateway(authority, max_refusals=5, refused_hellos=10, refusal_delay=0.1)
+    token = authority.mint("flooder", pub=[">"], subs=[">"])
+    try:
+        assert await _flood_closed(gw.url, token) < 0.5, "the budget covers one"
+        held = await _flood_closed(gw.url, token)
+        assert held >= 0.95, held
+        assert gw.stats.tarpitted == 1 and gw.stats.refusal_closes == 2 and gw.tarpit.held == 0
+    finally:
+        await gw.stop()
+
+
+def test_a_costly_refusal_takes_more_of_the_budget_and_waits_longer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tarpit.time, "monotonic", lambda: 100.0)
+    pit = Tarpit(burst=25, delay_s=1.0)
+    assert pit.delay("a", cost=10) == 0.0
+    assert pit.delay("a", cost=10) == 0.0
+    assert pit.delay("a", cost=10) == 10.0, "the burst is spent: held ten times as long"
+    assert pit.delay("a") == 0.0, "nothing was taken for the held one: 5 left"

@@ -274,6 +274,7 @@ class Connection(WSListener):
                         LimitExceeded(f"more than {limit} frames refused in a burst: closing"),
                         CloseCode.POLICY_VIOLATION,
                     )
+                    self._hold_if_past_budget(REFUSAL_CLOSE_COST)
                     break
                 else:
                     self.session.send(error_frame(exc, rid))
@@ -298,23 +299,27 @@ class Connection(WSListener):
             self._pace(more)
 
     def _refuse_hello(self, exc: TidingsError, rid: int | None) -> None:
-        """Refuse the hello: at once, or past its address's budget after the tarpit's delay.
-
-        Meanwhile the session is closing, so nothing the client sends is acted on; it is
-        still read, so that a client that goes away is let go at once."""
+        """Refuse the hello: at once, or past its address's budget after the tarpit's delay."""
         self.session.reject(exc, rid)
+        self._hold_if_past_budget()
+
+    def _hold_if_past_budget(self, cost: float = 1.0) -> None:
+        """The session is closing for the client's fault (a refused hello, too many refused
+        frames): send its error and close at once, or, past its address's budget, after the
+        tarpit's delay. Meanwhile nothing the client sends is acted on; it is still read, so
+        that a client that goes away is let go at once. ``cost``: refused hellos it is worth."""
         transport = self.transport
         if transport is None or transport.is_disconnected:
             return
         peer = transport.underlying_transport.get_extra_info("peername")
-        delay = self.gateway.tarpit.delay(str(peer[0]) if peer else "")
+        delay = self.gateway.tarpit.delay(str(peer[0]) if peer else "", cost)
         if delay:
             self._held = True
             self.gateway.stats.tarpitted += 1
             self._timers.append(asyncio.get_running_loop().call_later(delay, self._release))
 
     def _release(self) -> None:
-        """The tarpit's delay is over: send the refusal (see ``_refuse_hello``)."""
+        """The tarpit's delay is over: send the refusal and the close (``_hold_if_past_budget``)."""
         if self._held:
             self._held = False
             self.gateway.tarpit.release()
@@ -675,3 +680,6 @@ SLICE_S = 0.0005
 SLICE_CHECK = 8
 #: refusals that are the client's fault (``max_refusals`` counts them)
 CLIENT_FAULTS = (ProtocolError, InvalidTopic, Forbidden, LimitExceeded, NotSupported)
+#: refused hellos a close for ``max_refusals`` is worth in its address's tarpit budget:
+#: the thousand refusals before it cost the server about ten refused handshakes' work
+REFUSAL_CLOSE_COST = 10.0

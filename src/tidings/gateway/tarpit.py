@@ -39,19 +39,19 @@ class Tarpit:
         self.delayed = 0
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address -> (tokens, at)
 
-    def delay(self, address: str) -> float:
-        """Count one refused handshake from ``address``: 0.0 to answer it now, else the
-        seconds to hold it first (then ``release()``)."""
+    def delay(self, address: str, cost: float = 1.0) -> float:
+        """Count one refusal from ``address`` (``cost``: refused hellos it is worth): 0.0
+        to answer it now, else the seconds to hold it first (then ``release()``)."""
         if self.delay_s <= 0:
             return 0.0
         now = time.monotonic()
         tokens, at = self._buckets.pop(address, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - at) * self.burst / 10)
         delay = 0.0
-        if tokens >= 1:
-            tokens -= 1
+        if tokens >= cost:
+            tokens -= cost
         elif self.held < MAX_HELD:
-            delay = self.delay_s
+            delay = self.delay_s * cost
             self.held += 1
             self.delayed += 1
         self._buckets[address] = (tokens, now)  # the most recently refused last
