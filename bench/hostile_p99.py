@@ -20,6 +20,7 @@ flood measured ~5x that way and ~2x at ``SCHED_FIFO`` (docs/reliability.md).
 
     python bench/hostile_p99.py --rounds 5 --seconds 3
     python bench/hostile_p99.py --rounds 5 --seconds 3 --cases many_subscriptions
+    python bench/hostile_p99.py --rounds 7 --seconds 3 --cases all
 
 ``ratio`` is the median over the rounds of (p99 under attack / p99 without);
 the target is ``ratio`` <= 1.5.
@@ -101,12 +102,14 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--cases", default=",".join(PER_MESSAGE), help="comma-separated attack names")
+    parser.add_argument(
+        "--cases", default=",".join(PER_MESSAGE), help="attack names (comma-separated), or 'all'"
+    )
     parser.add_argument(
         "--no-realtime", action="store_true", help="healthy clients at the normal policy, not SCHED_FIFO"
     )
     args = parser.parse_args()
-    cases = args.cases.split(",")
+    cases = list(ATTACKS) if args.cases == "all" else args.cases.split(",")
     unknown = set(cases) - set(ATTACKS)
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")

@@ -110,7 +110,7 @@ class GatewayStats:
     write_timeouts: int = 0
     #: connections closed because they kept sending frames that were refused (max_refusals)
     refusal_closes: int = 0
-    #: refused hellos answered late (``gateway/tarpit.py``)
+    #: refused hellos and max_refusals closes answered late (``gateway/tarpit.py``)
     tarpitted: int = 0
     #: subscriptions open now (live and durable)
     subscriptions: int = 0
@@ -209,7 +209,9 @@ class StatsCollector(Collector):
             "tidings_refusal_closes", "connections closed for too many refused frames", s.refusal_closes
         )
         yield _counter(
-            "tidings_tarpitted", "refused hellos answered late (past their address's budget)", s.tarpitted
+            "tidings_tarpitted",
+            "refused hellos and max_refusals closes answered late (past their address's budget)",
+            s.tarpitted,
         )
         for name, value in self.gauges().items():
             yield GaugeMetricFamily(f"tidings_{name}", name.replace("_", " "), value=value)
