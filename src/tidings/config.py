@@ -86,10 +86,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: limit) in a burst, refilled at a tenth of it a second; past it the connection is
     #: closed with 1008, so no client can keep the server refusing frames for ever
     max_refusals: int = 1000
-    #: refused ``hello``s (bad, expired, revoked tokens) and closes for ``max_refusals``
-    #: one address may have answered at once in a burst, refilled at a tenth of it a
-    #: second; past it each such refusal and close is sent ``refusal_delay`` seconds late,
-    #: so a client guessing tokens or flooding refused frames tries slowly
+    #: refused ``hello``s (bad, expired, revoked tokens) one address may have answered at
+    #: once in a burst, refilled at a tenth of it a second; past it each refusal is sent
+    #: ``refusal_delay`` seconds late, so a client guessing tokens tries slowly. A close
+    #: for ``max_refusals`` counts as ten, and past the budget waits ten times as long
     #: (``gateway/tarpit.py``)
     refused_hellos: int = 20
     #: seconds a refusal past ``refused_hellos`` waits (0: never delayed)
