@@ -48,7 +48,6 @@ class Handshakes:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._pending: dict[object, asyncio.TimerHandle] = {}  # protocol -> its deadline
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def pending(self) -> int:
@@ -65,12 +64,11 @@ class Handshakes:
                 type(server).__name__,
             )
             return False
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()  # the server's: its factory is called in it
 
         def protocol() -> object:
             proto = factory()
-            assert self._loop is not None
-            self._pending[proto] = self._loop.call_later(spread(self.seconds), self._expire, proto)
+            self._pending[proto] = loop.call_later(spread(self.seconds), self._expire, proto)
             return proto
 
         server._protocol_factory = protocol  # type: ignore[attr-defined]
