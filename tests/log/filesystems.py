@@ -21,6 +21,22 @@ class CountingFileSystem(FileSystem):
             self.syncs += 1
 
 
+class HeldFileSystem(FileSystem):
+    """Real files; once ``armed``, the next fdatasync waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.release.wait(10)
+        super().fdatasync(fd)
+
+
 class FailingFileSystem(FileSystem):
     """Real files; once ``failing`` is set, every fdatasync raises EIO after ``delay`` seconds."""
 

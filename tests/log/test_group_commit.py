@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.log.filesystems import CountingFileSystem, FailingFileSystem, OneShardFailingFileSystem
+from tests.log.filesystems import (
+    CountingFileSystem,
+    FailingFileSystem,
+    HeldFileSystem,
+    OneShardFailingFileSystem,
+)
 from tidings.errors import StorageError, SyncFailed
 from tidings.log import AppendResult, Store
+from tidings.log.shard import settle
 from tidings.protocol.topics import shard_of
 
 TOPIC = "conv/team-7/task-42"
@@ -41,6 +49,43 @@ async def test_batches_form_while_a_sync_is_in_flight(tmp_path: Path) -> None:
     assert stats.records == 320
     assert stats.syncs < 320 // 4
     assert stats.mean_batch > 4
+    await store.close()
+
+
+async def test_what_a_sync_sets_free_joins_the_batch_queued_during_it(tmp_path: Path) -> None:
+    """A publisher answered by a sync publishes again a loop turn later: that append goes in
+    one batch with what queued during the sync, not in a batch of its own (``Shard._gather``)."""
+    fs = HeldFileSystem()
+    store = await Store.open(tmp_path, shards=1, files=fs, trim_interval=None)
+    loop = asyncio.get_running_loop()
+    outcomes = {name: loop.create_future() for name in "abc"}
+
+    def done(name: str) -> Callable[[AppendResult | BaseException], None]:
+        return partial(settle, outcomes[name])
+
+    def a_done(outcome: AppendResult | BaseException) -> None:
+        done("a")(outcome)
+        loop.call_soon(store.submit, TOPIC, "c", 3, b"c", done("c"))  # the publisher of "a" again
+
+    fs.armed = True
+    store.submit(TOPIC, "a", 1, b"a", a_done)
+    await asyncio.to_thread(fs.entered.wait, 10)  # "a" is being synced
+    store.submit(TOPIC, "b", 2, b"b", done("b"))
+    fs.release.set()
+    results = await asyncio.wait_for(asyncio.gather(*outcomes.values()), 10)
+    assert [r.offset for r in results] == [1, 2, 3]
+    stats = store.shards[0].stats
+    assert (stats.syncs, stats.max_batch) == (2, 2)  # [a], then [b, c]
+    await store.close()
+
+
+async def test_an_idle_shard_syncs_a_lone_append_at_once(tmp_path: Path) -> None:
+    """With nothing queued when a sync ends, the shard goes idle: the next append is not held."""
+    store = await Store.open(tmp_path, shards=1, trim_interval=None)
+    await store.append(TOPIC, "a", 1, b"a")
+    assert not store.shards[0]._writing
+    await store.append(TOPIC, "b", 2, b"b")
+    assert store.shards[0].stats.syncs == 2
     await store.close()
 
 

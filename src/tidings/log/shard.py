@@ -5,7 +5,9 @@ thread (``writer.py``) is idle, the shard takes everything queued, frames it as 
 batch, and hands it to that thread for one write() and one fdatasync(). Appends that
 arrive meanwhile queue up and form the next batch: the slower the disk, the larger
 the batches. The first batch after an idle spell starts at the end of the loop turn
-in which its first append arrived, so every append read in that turn joins it.
+in which its first append arrived, so every append read in that turn joins it; a
+batch that queued during a sync waits two more loop turns, so that the publishes
+set free by that sync's acks join it too (``_gather``).
 
 When a batch is durable, in one synchronous step of the event loop the shard (1)
 indexes its records, so read() and head() see them, (2) calls every append
@@ -61,6 +63,10 @@ class ShardStats:
     @property
     def mean_batch(self) -> float:
         return self.records / self.syncs if self.syncs else 0.0
+
+
+#: loop turns the next batch waits after a sync for what its acks set free (``Shard._gather``)
+GATHER_ROUNDS = 2
 
 
 class _Pending(msgspec.Struct, gc=False):
@@ -273,8 +279,23 @@ class Shard:
             self._fail(exc, batch)
             return
         self._batch = []
-        # Everything that queued during this sync goes next, at once.
-        self._start_batch()
+        # Everything that queued during this sync goes next, after GATHER_ROUNDS more polls.
+        self._gather(GATHER_ROUNDS)
+
+    def _gather(self, rounds: int) -> None:
+        """Start the next batch once the event loop has polled for I/O ``rounds`` more times.
+
+        What queued during a sync is mostly the first of what is coming: the acks of the
+        batch just made durable leave at the end of this loop turn, and the publishes
+        they set free are in the sockets a poll or two later. Letting them join nearly
+        halves the syncs per message under load (each costs ~200 µs of the server's CPU,
+        mostly in the writer thread); with nothing queued there is nothing to wait for,
+        and the shard goes idle at once (docs/storage.md, docs/performance.md).
+        """
+        if rounds <= 0 or not self._pending or self._failed is not None:
+            self._start_batch()
+        else:
+            self._loop.call_soon(self._gather, rounds - 1)
 
     def _write_failed(self, exc: BaseException) -> None:
         """The writer thread's write or fdatasync failed (called in the loop): fatal."""
