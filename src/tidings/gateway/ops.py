@@ -229,7 +229,8 @@ def on_pub(conn: Connection, pub: f.Pub) -> None:
     """Publish: a live message is fanned out now, a durable one answered once it is on disk.
 
     Raises ``InvalidTopic``, ``Forbidden``, ``RetryLater`` (the connection's credit of
-    unacknowledged publishes, a full write queue) or a ``StorageError``.
+    unacknowledged publishes spent, the token over its rate, a full write queue) or a
+    ``StorageError``.
     """
     assert conn.grants is not None
     topic = pub.topic
