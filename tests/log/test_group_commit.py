@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import UNIT
 from tests.log.filesystems import (
     CountingFileSystem,
     FailingFileSystem,
@@ -69,10 +70,10 @@ async def test_what_a_sync_sets_free_joins_the_batch_queued_during_it(tmp_path: 
 
     fs.armed = True
     store.submit(TOPIC, "a", 1, b"a", a_done)
-    await asyncio.to_thread(fs.entered.wait, 10)  # "a" is being synced
+    await asyncio.to_thread(fs.entered.wait, 10 * UNIT)  # "a" is being synced
     store.submit(TOPIC, "b", 2, b"b", done("b"))
     fs.release.set()
-    results = await asyncio.wait_for(asyncio.gather(*outcomes.values()), 10)
+    results = await asyncio.wait_for(asyncio.gather(*outcomes.values()), 10 * UNIT)
     assert [r.offset for r in results] == [1, 2, 3]
     stats = store.shards[0].stats
     assert (stats.syncs, stats.max_batch) == (2, 2)  # [a], then [b, c]

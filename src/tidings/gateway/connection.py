@@ -365,7 +365,6 @@ class Connection(WSListener):
 _TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
 _CONTINUATION = WSMsgType.CONTINUATION
 _DATA = frozenset({_TEXT, _BINARY, _CONTINUATION})
-_OPEN = State.OPEN
 _PUB, _ACK = f.Pub, f.Ack
 
 #: seconds of one event-loop turn a connection's frames may take (``Connection._process``)
