@@ -55,9 +55,9 @@ _decoder = msgspec.msgpack.Decoder(_Stored)
 def to_record_payload(msg: Msg) -> bytes:
     """Encode what a record carries beyond topic and offset. Raises ``InvalidFrame``."""
     try:
-        return _encoder.encode(
-            _Stored(msg.id, msg.sender, msg.ts, msg.body, msg.parent, msg.lamport, msg.headers)
-        )
+        # A tuple encodes as the same msgpack array as ``_Stored`` (array_like), without
+        # building the struct first: this runs for every durable publish.
+        return _encoder.encode((msg.id, msg.sender, msg.ts, msg.body, msg.parent, msg.lamport, msg.headers))
     except (OverflowError, TypeError, ValueError, RecursionError) as exc:
         raise InvalidFrame(f"body cannot be stored: {exc}") from None
 
@@ -168,8 +168,9 @@ class EmbeddedEngine(Engine):
         return await self.store.append(msg.topic, msg.id, msg.ts, to_record_payload(msg))
 
     def submit(self, msg: Msg, done: PublishDone) -> None:
-        payload = to_record_payload(msg)
-        self.store.submit(msg.topic, msg.id, msg.ts, payload, done, max_queue=self.max_write_queue)
+        store = self._store
+        assert store is not None, "start() first"
+        store.submit(msg.topic, msg.id, msg.ts, to_record_payload(msg), done, self.max_write_queue)
 
     def publish_ephemeral(self, msg: Msg) -> None:
         for callback in self._ephemeral_callbacks:

@@ -227,7 +227,8 @@ class Connection(WSListener):
             self._continue.cancel()
             self._continue = None
         until = time.perf_counter() + SLICE_S
-        fed_from = self.gateway.flusher.dirty_count
+        fed_from = len(self.gateway.flusher.to_flush)
+        more = False  # frames wait for a later turn (a refusal that closes the session leaves none)
         for n, frame in enumerate(self.session.events_received(), 1):
             try:
                 # The two common frames without dispatch's call and isinstance chain.
@@ -271,10 +272,10 @@ class Connection(WSListener):
                 )
                 self.session.send(error_frame(TidingsError("internal error; the server logged it"), rid))
             if not n % SLICE_CHECK and time.perf_counter() > until and self.session.has_incoming:
+                more = True
                 break
         if self.session.pending_bytes or self.session.close_code is not None:
             self.gateway.flusher.mark_dirty(self)
-        more = self.session.has_incoming
         if more:
             self.gateway.flusher.batch_continues(self, fed_from)
         elif self.gateway.flusher.sliced:  # the common case skips the call

@@ -43,7 +43,9 @@ class Flusher:
         self.coalesce = coalesce
         self._on_flush = on_flush
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._dirty: list[Connection] = []
+        #: connections to flush at the end of this turn, in the order they became dirty
+        #: (read it: its length is what ``batch_continues`` takes as ``fed_from``)
+        self.to_flush: list[Connection] = []
         #: connections whose batch of frames goes on in a later loop turn (``batch_continues``)
         self.sliced: set[Connection] = set()
         #: connections fed by such a batch, whose flush is held back -> since when (``_hold_back``)
@@ -61,7 +63,7 @@ class Flusher:
         if conn.dirty:
             return
         conn.dirty = True
-        self._dirty.append(conn)
+        self.to_flush.append(conn)
         if not self._scheduled:
             self._schedule()
 
@@ -69,11 +71,6 @@ class Flusher:
         """``conn`` is gone: nothing of it is held or sliced any more."""
         self.sliced.discard(conn)
         self._held.pop(conn, None)
-
-    @property
-    def dirty_count(self) -> int:
-        """Connections to flush at the end of this turn so far (``batch_continues``' ``fed_from``)."""
-        return len(self._dirty)
 
     def batch_continues(self, conn: Connection, fed_from: int) -> None:
         """``conn``'s frames go on in a later turn; the connections made dirty since
@@ -90,7 +87,7 @@ class Flusher:
         self.sliced.add(conn)
         now = time.monotonic()
         held = self._held
-        for fed in itertools.islice(self._dirty, fed_from, None):
+        for fed in itertools.islice(self.to_flush, fed_from, None):
             held.setdefault(fed, now)
 
     def batch_done(self, conn: Connection) -> None:
@@ -111,7 +108,7 @@ class Flusher:
         self._scheduled = False
         if self._on_flush is not None:
             self._on_flush()
-        dirty, self._dirty = self._dirty, []
+        dirty, self.to_flush = self.to_flush, []
         if self._held:
             dirty = self._hold_back(dirty)
         for conn in dirty:
@@ -133,11 +130,11 @@ class Flusher:
                 and conn.session.pending_bytes < BATCH_FLUSH_BYTES
                 and conn.session.close_code is None
             ):
-                self._dirty.append(conn)
+                self.to_flush.append(conn)
             else:
                 if since is not None:
                     del held[conn]
                 flush.append(conn)
-        if self._dirty and not self._scheduled:
+        if self.to_flush and not self._scheduled:
             self._schedule()
         return flush

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import msgspec
 
-from tidings.errors import CorruptLog, StorageError, SyncFailed
+from tidings.errors import CorruptLog, RetryLater, StorageError, SyncFailed
 from tidings.log.checkpoint import Checkpoint
 from tidings.log.files import FileSystem
 from tidings.log.index import TopicIndex
@@ -208,15 +208,20 @@ class Shard:
         self.submit(topic, msg_id, ts, payload, partial(settle, future))
         return await future
 
-    def submit(self, topic: str, msg_id: str, ts: int, payload: bytes, done: AppendDone) -> None:
+    def submit(
+        self, topic: str, msg_id: str, ts: int, payload: bytes, done: AppendDone, max_queue: int | None = None
+    ) -> None:
         """Queue a record; ``done`` gets its result once it is durable. See ``Store.submit``.
 
         The offset is assigned now, so records submitted in one order are stored
         in that order. No future and no task: this is the gateway's fast path, and
         ``done`` is called straight from the commit (never before this returns).
+        Raises ``RetryLater`` if ``max_queue`` appends are queued already.
         """
         if self._failed is not None or self._closing:
             self._refuse()
+        if max_queue is not None and len(self._pending) >= max_queue:
+            raise RetryLater(f"the log shard of {topic!r} has {max_queue} appends queued", 20)
         index = self._topics.get(topic)
         if index is not None:
             original = index.dedup.get(msg_id)
@@ -326,7 +331,10 @@ class Shard:
                 except Exception:
                     log.exception("append subscriber %r failed", callback)
         for p in batch:
-            _tell(p.done, AppendResult(p.stored.offset, False))
+            try:  # _tell, inline: this runs for every record
+                p.done(AppendResult(p.stored.offset, False))
+            except Exception:
+                log.exception("append callback %r failed", p.done)
         if self._dup_waiters:
             durable = batch[-1].stored.offset
             waiters, self._dup_waiters = self._dup_waiters, []  # a done may queue new ones

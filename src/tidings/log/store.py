@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-from tidings.errors import RetryLater, StorageError, SyncFailed
+from tidings.errors import StorageError, SyncFailed
 from tidings.log.files import FileSystem
 from tidings.log.shard import AppendCallback, AppendDone, Shard
 from tidings.log.types import UNLIMITED, AppendResult, RetentionPolicy, StoredRecord
@@ -213,10 +213,10 @@ class Store:
         """
         if self.failed is not None:
             raise SyncFailed(f"the store stopped after a failed sync: {self.failed}")
-        shard = self._shard(topic)
-        if max_queue is not None and shard.queue_depth >= max_queue:
-            raise RetryLater(f"the log shard of {topic!r} has {max_queue} appends queued", 20)
-        shard.submit(topic, msg_id, ts, payload, done)
+        shard = self._routes.get(topic)  # _shard's lookup, inline: this runs for every publish
+        if shard is None:
+            shard = self._shard(topic)
+        shard.submit(topic, msg_id, ts, payload, done, max_queue)
 
     def read(self, topic: str, after: int, limit: int = 1000) -> list[StoredRecord]:
         """Up to ``limit`` retained records of ``topic`` with offsets above ``after``, ascending.

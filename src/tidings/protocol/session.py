@@ -93,11 +93,11 @@ class Session(Generic[E]):
         "_encode",
         "_incoming",
         "_outgoing",
-        "_outgoing_bytes",
         "_priority",
         "close_code",
         "close_reason",
         "codec",
+        "pending_bytes",
         "state",
     )
 
@@ -109,7 +109,8 @@ class Session(Generic[E]):
         self.close_reason = ""
         self._incoming: deque[E] = deque()
         self._outgoing: list[bytes] = []
-        self._outgoing_bytes = 0
+        #: bytes queued and not yet taken by ``data_to_send()`` (read it; the session keeps it)
+        self.pending_bytes = 0
         self._priority = 0  # frames at the front of _outgoing sent with priority
 
     # -- incoming --------------------------------------------------------
@@ -164,12 +165,12 @@ class Session(Generic[E]):
         """Queue one frame; it leaves with the next ``data_to_send()``."""
         data = self._encode(frame)  # send_encoded, inline: this runs for every frame sent
         self._outgoing.append(data)
-        self._outgoing_bytes += len(data)
+        self.pending_bytes += len(data)
 
     def send_encoded(self, data: bytes) -> None:
         """Queue one frame that is already encoded with this session's codec."""
         self._outgoing.append(data)
-        self._outgoing_bytes += len(data)
+        self.pending_bytes += len(data)
 
     def send_priority(self, frame: msgspec.Struct) -> None:
         """Queue one frame ahead of every ordinary frame queued (the ``ctl/`` lane).
@@ -182,12 +183,7 @@ class Session(Generic[E]):
         """``send_priority`` for a frame already encoded with this session's codec."""
         self._outgoing.insert(self._priority, data)
         self._priority += 1
-        self._outgoing_bytes += len(data)
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes queued and not yet taken by ``data_to_send()``."""
-        return self._outgoing_bytes
+        self.pending_bytes += len(data)
 
     def data_to_send(self) -> list[bytes]:
         """Everything queued, as few WebSocket messages as the limits allow.
@@ -198,10 +194,12 @@ class Session(Generic[E]):
         """
         if not self._outgoing:
             return []
-        frames, total = self._outgoing, self._outgoing_bytes
+        frames, total = self._outgoing, self.pending_bytes
         self._outgoing = []
-        self._outgoing_bytes = 0
+        self.pending_bytes = 0
         self._priority = 0
+        if len(frames) == 1:  # the common case: one frame is sent as itself, whatever its size
+            return frames
         limit = self.codec.max_frame_bytes - 16  # room for the array header and commas
         if len(frames) <= MAX_BATCH and total + len(frames) <= limit:
             return [self.codec.join(frames)]
@@ -238,7 +236,7 @@ class Session(Generic[E]):
         self.state = State.CLOSED
         self._incoming.clear()
         self._outgoing.clear()
-        self._outgoing_bytes = 0
+        self.pending_bytes = 0
 
 
 def _is_utf8(data: bytes | bytearray | memoryview) -> bool:
