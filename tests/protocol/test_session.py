@@ -78,6 +78,49 @@ def test_garbage_after_hello_is_answered_and_survived() -> None:
     assert isinstance(err, f.Error) and err.code == "invalid_frame"
 
 
+def opened() -> ServerSession:
+    s = ServerSession(JSON, 1024)
+    s.receive_data(CLIENT.encode(f.Hello()))
+    list(s.events_received())
+    s.accept(WELCOME)
+    out(s)
+    return s
+
+
+def test_receive_one_takes_out_a_lone_frame_that_keeps_the_state() -> None:
+    s = opened()
+    pub = f.Pub(topic="conv/g/c", body="hi", rid=1)
+    assert s.receive_one(CLIENT.encode(pub)) == pub
+    assert s.state is State.OPEN and not s.has_incoming
+
+
+def test_receive_one_queues_what_events_received_must_check() -> None:
+    # a frame that moves the state on, and one the state does not accept
+    fresh = ServerSession(JSON, 1024)
+    assert fresh.receive_one(CLIENT.encode(f.Hello(rid=1))) is None
+    (hello,) = list(fresh.events_received())
+    assert isinstance(hello, f.Hello) and fresh.state is State.AUTHENTICATING
+    early = ServerSession(JSON, 1024)
+    assert early.receive_one(CLIENT.encode(f.Pub(topic="conv/g/c"))) is None
+    assert list(early.events_received()) == [] and early.close_code == CloseCode.POLICY_VIOLATION
+    # a batch, and a lone frame behind frames that wait: both keep their order
+    s = opened()
+    first, second, third = (f.Pub(topic="conv/g/c", rid=i) for i in range(3))
+    assert s.receive_one(CLIENT.join([CLIENT.encode(first), CLIENT.encode(second)])) is None
+    assert s.receive_one(CLIENT.encode(third)) is None
+    assert list(s.events_received()) == [first, second, third]
+
+
+def test_receive_one_answers_a_bad_message_like_receive_data() -> None:
+    s = opened()
+    assert s.receive_one(b"{not json") is None
+    assert s.state is State.OPEN and not s.has_incoming
+    (err,) = out(s)
+    assert isinstance(err, f.Error) and err.code == "invalid_frame"
+    assert s.receive_one(b" " * 2048) is None
+    assert s.close_code == CloseCode.MESSAGE_TOO_BIG
+
+
 def test_hello_deadline() -> None:
     s = ServerSession(JSON, 1024)
     s.hello_deadline_passed()

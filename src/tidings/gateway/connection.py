@@ -122,6 +122,19 @@ class Connection(WSListener):
         self.timers.append(loop.call_later(deadline, self._hello_deadline))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        whole = (kind is _TEXT or kind is _BINARY) and frame.fin and self._reassembly is None
+        if whole and not (frame.rsv1 or frame.rsv2 or frame.rsv3):  # has_reserved_bits, inline
+            # The common message. Its frame, if it is only one, is acted on at once: no
+            # queue, and nothing to slice or pace (no frames wait, or it would be queued).
+            single = self.session.receive_one(frame.get_payload_as_memoryview(), kind is _TEXT)
+            if single is None:
+                self._process()
+                return
+            self._act(single)
+            if self.session.pending_bytes or self.session.close_code is not None:
+                self.gateway.flusher.mark_dirty(self)
+            return
         if has_reserved_bits(frame):
             # RFC 6455 5.2: no extension is negotiated, so a reserved bit fails the connection.
             self.session.fail(
@@ -129,7 +142,6 @@ class Connection(WSListener):
             )
             self._process()
             return
-        kind = frame.msg_type
         if kind is _CLOSE:
             transport.send_close(close_reply(frame))
             transport.disconnect()
@@ -230,47 +242,8 @@ class Connection(WSListener):
         fed_from = len(self.gateway.flusher.to_flush)
         more = False  # frames wait for a later turn (a refusal that closes the session leaves none)
         for n, frame in enumerate(self.session.events_received(), 1):
-            try:
-                # The two common frames without dispatch's call and isinstance chain.
-                if type(frame) is _PUB:
-                    on_pub(self, frame)
-                elif type(frame) is _ACK:
-                    on_ack(self, frame)
-                else:
-                    dispatch(self, frame)
-            except TidingsError as exc:
-                rid = getattr(frame, "rid", None)
-                self.gateway.stats.reject(exc.code)
-                if isinstance(frame, f.Hello):
-                    # DEBUG: refusals are counted by code in /metrics; a line each would let
-                    # a flood of bad handshakes flood the logs too.
-                    log.debug("hello refused: %s", exc.message, extra=self.context(code=exc.code))
-                    self._refuse_hello(exc, rid)
-                elif (
-                    isinstance(exc, CLIENT_FAULTS)
-                    # an ack racing its unsub is no fault: it is answered, never counted
-                    and not isinstance(frame, f.Ack | f.Nack | f.Progress)
-                    and not self._may_refuse()
-                ):
-                    self.gateway.stats.refusal_closes += 1
-                    limit = self.gateway.settings.max_refusals
-                    self.session.send(error_frame(exc, rid))
-                    self.session.fail(
-                        LimitExceeded(f"more than {limit} frames refused in a burst: closing"),
-                        CloseCode.POLICY_VIOLATION,
-                    )
-                    self._hold_if_past_budget(REFUSAL_CLOSE_COST)
-                    break
-                else:
-                    self.session.send(error_frame(exc, rid))
-            except Exception:
-                rid = getattr(frame, "rid", None)
-                # A bug of ours must not cost the client its connection silently:
-                # log it with context, answer this request, keep serving.
-                log.exception(
-                    "handling %s from agent %r failed", f.op_of(frame), self.agent, extra=self.context()
-                )
-                self.session.send(error_frame(TidingsError("internal error; the server logged it"), rid))
+            if self._act(frame):
+                break
             if not n % SLICE_CHECK and time.perf_counter() > until and self.session.has_incoming:
                 more = True
                 break
@@ -282,6 +255,55 @@ class Connection(WSListener):
             self.gateway.flusher.batch_done(self)
         if more or self._reads_paused:  # the common case skips the call
             self._pace(more)
+
+    def _act(self, frame: f.ClientFrame) -> bool:
+        """Act on one frame taken out of the session, answering its error if it raises.
+
+        Returns True once the session is closing for too many refused frames: the
+        frames after this one are not acted on.
+        """
+        try:
+            # The two common frames without dispatch's call and isinstance chain.
+            if type(frame) is _PUB:
+                on_pub(self, frame)
+            elif type(frame) is _ACK:
+                on_ack(self, frame)
+            else:
+                dispatch(self, frame)
+        except TidingsError as exc:
+            rid = getattr(frame, "rid", None)
+            self.gateway.stats.reject(exc.code)
+            if isinstance(frame, f.Hello):
+                # DEBUG: refusals are counted by code in /metrics; a line each would let
+                # a flood of bad handshakes flood the logs too.
+                log.debug("hello refused: %s", exc.message, extra=self.context(code=exc.code))
+                self._refuse_hello(exc, rid)
+            elif (
+                isinstance(exc, CLIENT_FAULTS)
+                # an ack racing its unsub is no fault: it is answered, never counted
+                and not isinstance(frame, f.Ack | f.Nack | f.Progress)
+                and not self._may_refuse()
+            ):
+                self.gateway.stats.refusal_closes += 1
+                limit = self.gateway.settings.max_refusals
+                self.session.send(error_frame(exc, rid))
+                self.session.fail(
+                    LimitExceeded(f"more than {limit} frames refused in a burst: closing"),
+                    CloseCode.POLICY_VIOLATION,
+                )
+                self._hold_if_past_budget(REFUSAL_CLOSE_COST)
+                return True
+            else:
+                self.session.send(error_frame(exc, rid))
+        except Exception:
+            rid = getattr(frame, "rid", None)
+            # A bug of ours must not cost the client its connection silently:
+            # log it with context, answer this request, keep serving.
+            log.exception(
+                "handling %s from agent %r failed", f.op_of(frame), self.agent, extra=self.context()
+            )
+            self.session.send(error_frame(TidingsError("internal error; the server logged it"), rid))
+        return False
 
     def _refuse_hello(self, exc: TidingsError, rid: int | None) -> None:
         """Refuse the hello: at once, or past its address's budget after the tarpit's delay."""
