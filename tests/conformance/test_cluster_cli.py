@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import os
+import random
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import tidings
 from tests.conftest import UNIT
-from tidings.cluster import free_ports
+
+
+def two_free_ports() -> int:
+    """A port that is free, with the one after it free too, below the ephemeral range.
+
+    ``cluster up`` puts the second gateway on ``port + 1``. A port of ``free_ports`` is
+    ephemeral, and so is the one after it: the NATS routes and the first gateway's
+    client connections, made before the second gateway binds, could take ``port + 1``
+    meanwhile (they did, in two full runs of the suite of three).
+    """
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    start = random.randrange(10_000, max(10_001, ephemeral - 2_002))
+    for port in range(start, start + 2_000):
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no two consecutive free ports below the ephemeral range")
 
 
 def tidings_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -21,7 +43,7 @@ def tidings_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 async def test_cluster_up_serves_one_log_through_both_gateways_and_down_stops_it(tmp_path: Path) -> None:
     state = tmp_path / "cluster"
-    port = free_ports(1)[0]
+    port = two_free_ports()
     up = tidings_cli("cluster", "up", "--state-dir", str(state), "--port", str(port))
     assert up.returncode == 0, up.stderr + up.stdout
     gateways = re.findall(r"gateway: (ws://\S+)", up.stdout)
