@@ -66,7 +66,7 @@ class ShardStats:
 
 
 #: loop turns the next batch waits after a sync for what its acks set free (``Shard._gather``)
-GATHER_ROUNDS = 2
+GATHER_ROUNDS = 4
 
 
 class _Pending(msgspec.Struct, gc=False):
