@@ -335,7 +335,9 @@ class Gateway:
             data = stamped.get(suffix)
             if data is None:
                 data = stamped[suffix] = opened[conn.binary] + suffix
-            conn.session.send_encoded(data)
+            session = conn.session  # send_encoded, inline: this runs for every delivery
+            session.outgoing.append(data)
+            session.pending_bytes += len(data)
             delivered += 1
             if not conn.dirty:
                 self.flusher.mark_dirty(conn)

@@ -92,11 +92,11 @@ class Session(Generic[E]):
     __slots__ = (
         "_encode",
         "_incoming",
-        "_outgoing",
         "_priority",
         "close_code",
         "close_reason",
         "codec",
+        "outgoing",
         "pending_bytes",
         "state",
     )
@@ -108,10 +108,13 @@ class Session(Generic[E]):
         self.close_code: int | None = None
         self.close_reason = ""
         self._incoming: deque[E] = deque()
-        self._outgoing: list[bytes] = []
+        #: the encoded frames ``data_to_send()`` takes next, in order. ``send_encoded``'s
+        #: body may be inlined by a caller that queues a frame per delivery: append
+        #: the frame and add its length to ``pending_bytes`` (``Gateway.fanout`` does).
+        self.outgoing: list[bytes] = []
         #: bytes queued and not yet taken by ``data_to_send()`` (read it; the session keeps it)
         self.pending_bytes = 0
-        self._priority = 0  # frames at the front of _outgoing sent with priority
+        self._priority = 0  # frames at the front of outgoing sent with priority
 
     # -- incoming --------------------------------------------------------
 
@@ -169,12 +172,12 @@ class Session(Generic[E]):
     def send(self, frame: msgspec.Struct) -> None:
         """Queue one frame; it leaves with the next ``data_to_send()``."""
         data = self._encode(frame)  # send_encoded, inline: this runs for every frame sent
-        self._outgoing.append(data)
+        self.outgoing.append(data)
         self.pending_bytes += len(data)
 
     def send_encoded(self, data: bytes) -> None:
         """Queue one frame that is already encoded with this session's codec."""
-        self._outgoing.append(data)
+        self.outgoing.append(data)
         self.pending_bytes += len(data)
 
     def send_priority(self, frame: msgspec.Struct) -> None:
@@ -186,7 +189,7 @@ class Session(Generic[E]):
 
     def send_encoded_priority(self, data: bytes) -> None:
         """``send_priority`` for a frame already encoded with this session's codec."""
-        self._outgoing.insert(self._priority, data)
+        self.outgoing.insert(self._priority, data)
         self._priority += 1
         self.pending_bytes += len(data)
 
@@ -197,10 +200,10 @@ class Session(Generic[E]):
         ``MAX_BATCH`` frames or (unless one frame alone is larger) more than the
         codec's ``max_frame_bytes``, the same limits the peer is held to.
         """
-        if not self._outgoing:
+        if not self.outgoing:
             return []
-        frames, total = self._outgoing, self.pending_bytes
-        self._outgoing = []
+        frames, total = self.outgoing, self.pending_bytes
+        self.outgoing = []
         self.pending_bytes = 0
         self._priority = 0
         if len(frames) == 1:  # the common case: one frame is sent as itself, whatever its size
@@ -240,7 +243,7 @@ class Session(Generic[E]):
         """The transport is gone; nothing more is read or sent."""
         self.state = State.CLOSED
         self._incoming.clear()
-        self._outgoing.clear()
+        self.outgoing.clear()
         self.pending_bytes = 0
 
 
